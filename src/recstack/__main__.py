@@ -1,0 +1,3 @@
+from recstack.cli import main
+
+main()

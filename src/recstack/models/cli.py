@@ -1,0 +1,5 @@
+"""`recstack models ...` (placeholder until the models module lands)."""
+
+import typer
+
+app = typer.Typer(no_args_is_help=True)

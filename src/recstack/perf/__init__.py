@@ -1,0 +1,1 @@
+"""Planned capability (see ARCHITECTURE.md); not implemented yet."""
