@@ -8,8 +8,8 @@ from __future__ import annotations
 import sys
 
 import typer
-from typer._click import exceptions as click_exc  # typer vendors click
 from rich.console import Console
+from typer._click import exceptions as click_exc  # typer vendors click
 
 from recstack.errors import RecstackError
 

@@ -16,7 +16,7 @@ from recstack.data.stats import (
     table_stats,
 )
 from recstack.data.store import Store, StoreTable, StoreWriter
-from recstack.data.synth import SynthReport, SyntheticGenerator, TeacherConfig, split_bounds, synthesize
+from recstack.data.synth import SyntheticGenerator, SynthReport, TeacherConfig, split_bounds, synthesize
 
 __all__ = [
     "BIN_LABELS", "Batch", "PreprocessReport", "SparseBatch", "Store", "StoreTable", "StoreWriter",

@@ -64,7 +64,7 @@ class StoreWriter:
         names = ["dense.f32", "labels.f32"] + (
             ["lengths.i32", "values.i32", "sample_ptr.i64"] if self.ragged else ["ids.i32"]
         )
-        self._files = {n: open(self.tmp / n, "wb") for n in names}
+        self._files = {n: open(self.tmp / n, "wb") for n in names}  # noqa: SIM115 (closed in close/abort)
         if self.ragged:
             self._files["sample_ptr.i64"].write(np.zeros(1, np.int64).tobytes())
 
@@ -141,7 +141,7 @@ class StoreWriter:
             self._closed = True
             shutil.rmtree(self.tmp, ignore_errors=True)
 
-    def __enter__(self) -> StoreWriter:
+    def __enter__(self) -> StoreWriter:  # noqa: PYI034
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

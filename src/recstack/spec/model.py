@@ -59,8 +59,8 @@ class TableSpec(_Strict):
     def max_pooling(self) -> int:
         """Upper bound on lookups per bag (used to size fixed buffers)."""
         if self.pooling_dist == "fixed":
-            return int(round(self.pooling))
-        return max(1, int(round(2 * self.pooling - 1))) if self.pooling_dist == "uniform" else 0
+            return round(self.pooling)
+        return max(1, round(2 * self.pooling - 1)) if self.pooling_dist == "uniform" else 0
 
 
 class TableGroup(_Strict):
@@ -223,5 +223,5 @@ class ModelSpec(_Strict):
             raise ConfigError(f"--scale must be a positive number, got {scale}")
         if scale == 1.0:
             return self.model_copy(deep=True)
-        tables = [t.model_copy(update={"rows": max(1, int(round(t.rows * scale)))}) for t in self.tables]
+        tables = [t.model_copy(update={"rows": max(1, round(t.rows * scale))}) for t in self.tables]
         return self.model_copy(update={"tables": tables}, deep=True)
