@@ -1,1 +1,20 @@
-"""Training."""
+"""Training: the trainer, metrics, LR schedule, hybrid-parallel (multi-process) runs, run directories.
+
+Public API:
+- `train(spec, train_spec, data, out, device, backend, progress, nproc, plan)` -> summary dict
+- `Trainer(spec, train_spec, backend, device)`: `.step(batch)` (one full training step, no host
+  sync; what benchmarks time), `.evaluate(store, split)`, `.model`
+- metrics: `auc`, `logloss`, `normalized_entropy`, `binary_metrics`; schedule: `lr_at`
+- placement for model-parallel tables: `place_tables(tables, world_size, plan)`, `load_plan(path)`
+"""
+
+from recstack.train.dist import load_plan, place_tables
+from recstack.train.metrics import auc, binary_metrics, entropy, logloss, normalized_entropy
+from recstack.train.run import RunOptions, check_store, fit, train
+from recstack.train.schedule import lr_at
+from recstack.train.trainer import Trainer, build_model_for
+
+__all__ = [
+    "RunOptions", "Trainer", "auc", "binary_metrics", "build_model_for", "check_store", "entropy", "fit",
+    "load_plan", "logloss", "lr_at", "normalized_entropy", "place_tables", "train",
+]

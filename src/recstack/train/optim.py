@@ -1,0 +1,118 @@
+"""Optimisers: dense ones from torch for the MLPs, lean sparse ones for embedding tables.
+
+Embedding gradients are sparse COO tensors (rows touched by the batch); the optimisers here
+update only those rows. The learning rate is passed to `step` so that the schedule stays a
+pure function of the step (see schedule.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+from recstack.spec import TrainSpec
+
+
+class SparseSGD:
+    """Plain SGD that scatters sparse row gradients with index_add_ (no coalesce needed)."""
+
+    def __init__(self, params: Iterable[torch.Tensor]):
+        self.params = [p for p in params]
+
+    @torch.no_grad()
+    def step(self, lr: float) -> None:
+        for p in self.params:
+            g = p.grad
+            if g is None:
+                continue
+            if g.is_sparse:
+                p.index_add_(0, g._indices()[0], g._values(), alpha=-lr)
+            else:
+                p.add_(g, alpha=-lr)
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    def state_dict(self) -> dict:
+        return {}
+
+
+class RowWiseAdagrad:
+    """Row-wise Adagrad: one accumulator per embedding row (mean of the squared row gradient).
+
+    This is the variant DLRM trainers use for tables: the same adaptivity as Adagrad at 1/dim of
+    its optimiser memory. Sparse gradients are coalesced so duplicate rows are summed first.
+    """
+
+    def __init__(self, params: Iterable[torch.Tensor], eps: float = 1e-8):
+        self.params = [p for p in params]
+        self.eps = eps
+        self.state = [torch.zeros(p.shape[0], dtype=torch.float32, device=p.device) for p in self.params]
+
+    @torch.no_grad()
+    def step(self, lr: float) -> None:
+        for p, acc in zip(self.params, self.state):
+            g = p.grad
+            if g is None:
+                continue
+            if g.is_sparse and g._values().shape[0] < p.shape[0] // 2:
+                # Few rows touched: merge duplicates (coalesce sorts) and update those rows only.
+                g = g.coalesce()
+                idx, v = g.indices()[0], g.values()
+                s = acc.index_select(0, idx) + v.pow(2).mean(1)
+                acc.index_copy_(0, idx, s)
+                p.index_add_(0, idx, v / (s.sqrt() + self.eps).unsqueeze(1), alpha=-lr)
+                continue
+            if g.is_sparse:
+                # Small table: scattering into a dense gradient is cheaper than sorting; rows the
+                # batch did not touch get a zero gradient, hence no change, as in the sparse path.
+                g = torch.zeros_like(p).index_add_(0, g._indices()[0], g._values())
+            acc.add_(g.pow(2).mean(1))
+            p.addcdiv_(g, (acc.sqrt() + self.eps).unsqueeze(1), value=-lr)
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    def state_dict(self) -> dict:
+        return {"state": [s.clone() for s in self.state]}
+
+
+class DenseOptimizer:
+    """torch's SGD or Adagrad over the MLP parameters, with the rate set per step."""
+
+    def __init__(self, params: Iterable[torch.Tensor], ts: TrainSpec):
+        params = [p for p in params if p.requires_grad]
+        self.params = params
+        if not params:
+            self.opt = None
+        elif ts.optimizer == "sgd":
+            self.opt = torch.optim.SGD(params, lr=ts.lr)
+        else:
+            self.opt = torch.optim.Adagrad(params, lr=ts.lr, eps=ts.adagrad_eps)
+        self._lr = ts.lr
+
+    def step(self, lr: float) -> None:
+        if self.opt is None:
+            return
+        if lr != self._lr:
+            for g in self.opt.param_groups:
+                g["lr"] = lr
+            self._lr = lr
+        self.opt.step()
+
+    def zero_grad(self) -> None:
+        if self.opt is not None:
+            self.opt.zero_grad(set_to_none=True)
+
+    def state_dict(self) -> dict:
+        return self.opt.state_dict() if self.opt is not None else {}
+
+
+def sparse_optimizer(params: Iterable[torch.Tensor], ts: TrainSpec) -> SparseSGD | RowWiseAdagrad:
+    """The embedding optimiser matching `ts.optimizer` (sgd -> sparse SGD, adagrad -> row-wise)."""
+    if ts.optimizer == "sgd":
+        return SparseSGD(params)
+    return RowWiseAdagrad(params, eps=ts.adagrad_eps)

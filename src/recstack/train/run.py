@@ -1,0 +1,339 @@
+"""`train()`: validate inputs, run the loop (one process, spawned workers, or under torchrun),
+and write the run directory from rank 0."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from recstack.data.store import Store
+from recstack.errors import ConfigError, DataError, RecstackError
+from recstack.spec import ModelSpec, TrainSpec
+from recstack.train.dist import DistInfo, init_group, place_tables, shutdown_group, under_torchrun
+from recstack.train.rundir import PLOT, RunDir, plot_learning_curve
+from recstack.train.schedule import lr_at
+from recstack.train.trainer import Trainer, _is_tty, default_eval_every, prefetch, train_batches
+
+
+@dataclass
+class RunOptions:
+    """How to run (as opposed to what to train, which is ModelSpec + TrainSpec)."""
+
+    backend: str = "torch"
+    device: str = "cpu"
+    nproc: int = 1
+    log_every: int | None = None  # steps between train-loss rows; default: about 100 rows per run
+    eval_samples: int | None = None  # cap on val samples per periodic evaluation (final test: all)
+    progress: bool = True
+    plan: dict[str, int] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # recorded in config.yaml only
+
+
+# ---------------------------------------------------------------- validation
+def check_device(device: str, nproc: int = 1) -> str:
+    """'cpu', 'cuda' or 'cuda:N'; a clear error when CUDA is asked for but absent."""
+    if device == "cpu":
+        return device
+    if not device.startswith("cuda"):
+        raise ConfigError(f"--device: {device!r} is not one of cpu, cuda")
+    if not torch.cuda.is_available():
+        raise ConfigError("--device cuda: CUDA is not available on this machine (torch sees no GPU)")
+    if nproc > torch.cuda.device_count():
+        raise ConfigError(f"--nproc {nproc}: only {torch.cuda.device_count()} CUDA devices on this machine")
+    return device
+
+
+def check_store(spec: ModelSpec, store: Store) -> None:
+    """The store must fit the model: same dense width, same number of tables, ids within rows."""
+    where = str(store.path)
+    if store.num_dense != spec.dense_features:
+        raise ConfigError(
+            f"{where}: store has {store.num_dense} dense features but model {spec.name!r} expects "
+            f"dense_features={spec.dense_features}"
+        )
+    if len(store.tables) != spec.num_tables:
+        raise ConfigError(
+            f"{where}: store has {len(store.tables)} tables but model {spec.name!r} has {spec.num_tables}"
+        )
+    for st, t in zip(store.tables, spec.tables):
+        if st.rows > t.rows:
+            raise ConfigError(
+                f"{where}: table {st.name!r} has {st.rows} rows in the store but model table {t.name!r} has "
+                f"{t.rows} (check --scale)"
+            )
+    want = 1 if spec.family != "mtwnd" else spec.num_tasks
+    if store.num_labels != want:
+        raise ConfigError(
+            f"{where}: store has {store.num_labels} label columns but the model predicts {want}"
+        )
+    for split in ("train",):
+        store.split_range(split)
+
+
+def teacher_auc_of(store: Store, split: str) -> float | None:
+    """The generator's ceiling AUC from the store metadata (a number, or one per split)."""
+    t = store.meta.get("teacher_auc")
+    if isinstance(t, dict):
+        t = t.get(split, t.get("test", next(iter(t.values()), None)))
+    return float(t) if isinstance(t, int | float) else None
+
+
+def resolve_steps(store: Store, ts: TrainSpec) -> int:
+    if ts.steps is not None:
+        return ts.steps
+    n = store.num_batches("train", ts.batch_size, drop_last=True)
+    if n == 0:
+        lo, hi = store.split_range("train")
+        raise DataError(
+            f"{store.path}: train split has {hi - lo} samples, fewer than batch size {ts.batch_size}"
+        )
+    return n
+
+
+def _eval_split(store: Store, prefer: tuple[str, ...]) -> str | None:
+    for s in prefer:
+        if s in store.splits and store.splits[s][1] > store.splits[s][0]:
+            return s
+    return None
+
+
+# ---------------------------------------------------------------- the loop
+def fit(trainer: Trainer, store: Store, out: Path | None, options: RunOptions) -> dict[str, Any]:
+    """Train for ts.steps (default one epoch), evaluate, and (rank 0) write the run directory."""
+    ts, world = trainer.ts, trainer.world
+    main = world.is_main
+    steps = resolve_steps(store, ts)
+    eval_every = ts.eval_every or default_eval_every(steps)
+    log_every = options.log_every or max(1, steps // 100)
+    val_split = _eval_split(store, ("val",))
+    final_split = _eval_split(store, ("test", "val")) or "train"
+    teacher = teacher_auc_of(store, final_split)
+    rd = RunDir(out) if (out is not None and main) else None
+    if rd is not None:
+        opts = {**asdict(options), "steps": steps, "world_size": world.world_size, "data": str(store.path)}
+        opts.pop("extra")
+        opts.update(options.extra)
+        rd.start(trainer.spec, ts, opts)
+
+    progress = None
+    if main and options.progress and _is_tty():
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        progress = Progress(
+            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+            TimeRemainingColumn(), transient=True, console=Console(stderr=True),
+        )
+        task = progress.add_task("train", total=steps, info="")
+        progress.start()
+
+    t_start = time.perf_counter()
+    t_train = 0.0
+    acc = torch.zeros((), dtype=torch.float32, device=trainer.device)
+    acc_n = 0
+    last_loss = float("nan")
+    samples = 0
+    evals: list[dict[str, Any]] = []
+    w = world.world_size
+    batches = None
+    try:
+        t0 = time.perf_counter()
+        batches = prefetch(train_batches(store, ts, steps, ts.seed), trainer.prepare)
+        for inp in batches:
+            acc += trainer.step(inp)
+            acc_n += 1
+            samples += inp.global_batch
+            step = trainer.step_count
+            is_eval = step % eval_every == 0 or step == steps
+            if step % log_every == 0 or step == steps or is_eval:
+                tot = acc.detach().clone()
+                if w > 1:
+                    dist.all_reduce(tot)
+                last_loss = float(tot) / (acc_n * w)
+                now = time.perf_counter()
+                t_train += now - t0
+                sps = samples / t_train if t_train > 0 else float("nan")
+                if rd is not None:
+                    rd.log({"kind": "train", "step": step, "loss": last_loss, "lr": lr_at(step - 1, ts),
+                            "samples": samples, "samples_per_s": sps})
+                if progress is not None:
+                    progress.update(task, completed=step, info=f"loss {last_loss:.4f}  {sps:,.0f} samples/s")
+                acc.zero_()
+                acc_n = 0
+                if is_eval and val_split is not None and step != steps:
+                    m = trainer.evaluate(store, val_split, options.eval_samples)
+                    if main:
+                        evals.append({"kind": "val", "step": step, **m})
+                        if rd is not None:
+                            rd.log({k: v for k, v in evals[-1].items() if k != "auc_per_task"})
+                t0 = time.perf_counter()
+            elif progress is not None:
+                progress.update(task, completed=step)
+        if val_split is not None:
+            m = trainer.evaluate(store, val_split, options.eval_samples)
+            if main:
+                evals.append({"kind": "val", "step": trainer.step_count, **m})
+                if rd is not None:
+                    rd.log({k: v for k, v in evals[-1].items() if k != "auc_per_task"})
+        final = trainer.evaluate(store, final_split)
+    finally:
+        if batches is not None:
+            batches.close()  # stops the loader thread on errors and Ctrl-C too
+        if progress is not None:
+            progress.stop()
+    seconds = time.perf_counter() - t_start
+    if not main:
+        return {}
+    summary: dict[str, Any] = {
+        "model": trainer.spec.name,
+        "auc": final.get("auc"),
+        "logloss": final.get("logloss"),
+        "ne": final.get("ne"),
+        "eval_split": final_split,
+        "eval_samples": final.get("samples"),
+        "teacher_auc": teacher,
+        "auc_gap": (teacher - final["auc"]) if teacher is not None and final.get("auc") is not None else None,
+        "val_auc": evals[-1].get("auc") if evals else None,
+        "final_train_loss": last_loss,
+        "steps": trainer.step_count,
+        "samples": samples,
+        "samples_per_s": samples / t_train if t_train > 0 else None,
+        "train_seconds": t_train,
+        "seconds": seconds,
+        "world_size": w,
+        "backend": trainer.backend,
+        "device": str(trainer.device.type),
+        "optimizer": ts.optimizer,
+        "lr": ts.lr,
+        "batch_size": ts.batch_size,
+        "seed": ts.seed,
+        "placement": {t.name: r for t, r in zip(trainer.spec.tables, trainer.placement)} if w > 1 else None,
+    }
+    if "auc_per_task" in final:
+        summary["auc_per_task"] = final["auc_per_task"]
+    if rd is not None:
+        rd.log({"kind": final_split if final_split != "val" else "final", "step": trainer.step_count,
+                **{k: v for k, v in final.items() if k != "auc_per_task"}})
+        plot_learning_curve(rd.rows(), rd.path / PLOT, teacher, title=f"{trainer.spec.name} ({w} proc)")
+        summary["plot"] = PLOT
+        rd.finish(summary)
+    return summary
+
+
+# ---------------------------------------------------------------- entry points
+def _families() -> dict:
+    from recstack.models import FAMILIES
+
+    return FAMILIES
+
+
+def dist_world() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def train(
+    spec: ModelSpec,
+    train_spec: TrainSpec,
+    data: Store | str | Path,
+    out: str | Path | None,
+    device: str = "cpu",
+    backend: str = "torch",
+    progress: bool = True,
+    nproc: int = 1,
+    plan: dict[str, int] | None = None,
+    log_every: int | None = None,
+    eval_samples: int | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Train `spec` on a store and return the summary (also written to `out`/summary.json).
+
+    nproc > 1 spawns that many local workers (gloo on CPU, NCCL on CUDA) running hybrid
+    parallelism; under torchrun the current process is one rank of the job.
+    """
+    if nproc < 1:
+        raise ConfigError(f"--nproc must be >= 1, got {nproc}")
+    device = check_device(device, nproc)
+    store = data if isinstance(data, Store) else Store(data)
+    check_store(spec, store)
+    if spec.family not in _families():
+        raise ConfigError(f"family: unknown model family {spec.family!r}")
+    place_tables(spec.tables, nproc if not under_torchrun() else dist_world(), plan)  # validates the plan
+    opts = RunOptions(backend=backend, device=device, nproc=nproc, log_every=log_every,
+                      eval_samples=eval_samples, progress=progress, plan=plan, extra=dict(extra or {}))
+    out_p = Path(out) if out is not None else None
+    if under_torchrun():
+        return _rank_main(spec, train_spec, store.path, out_p, opts, None)
+    if nproc == 1:
+        trainer = Trainer(spec, train_spec, backend, device)
+        return fit(trainer, store, out_p, opts)
+    return _spawn(spec, train_spec, store.path, out_p, opts)
+
+
+def _rank_main(spec: ModelSpec, ts: TrainSpec, data: Path, out: Path | None, opts: RunOptions,
+               rendezvous: tuple[int, int, str] | None) -> dict[str, Any]:
+    """One rank: join the group, train, leave. `rendezvous` = (rank, world, file) when spawned."""
+    if rendezvous is not None:
+        rank, world, path = rendezvous
+        if "OMP_NUM_THREADS" not in os.environ:
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+        store_ = dist.FileStore(path, world)
+        device = opts.device if not opts.device.startswith("cuda") else f"cuda:{rank}"
+        if device.startswith("cuda"):
+            torch.cuda.set_device(rank)
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo", store=store_,
+                                rank=rank, world_size=world)
+        info = DistInfo(rank, world, rank)
+    else:
+        info = init_group(opts.device)
+        device = opts.device if not opts.device.startswith("cuda") else f"cuda:{info.local_rank}"
+    try:
+        trainer = Trainer(spec, ts, opts.backend, device, info, opts.plan)
+        return fit(trainer, Store(data), out, opts)
+    finally:
+        shutdown_group()
+
+
+def _worker(rank: int, payload: dict[str, Any], world: int, rdv: str, errdir: str) -> None:
+    spec = ModelSpec.model_validate(payload["spec"])
+    ts = TrainSpec.model_validate(payload["ts"])
+    opts = RunOptions(**payload["opts"])
+    out = Path(payload["out"]) if payload["out"] is not None else None
+    try:
+        _rank_main(spec, ts, Path(payload["data"]), out, opts, (rank, world, rdv))
+    except RecstackError as e:
+        Path(errdir, f"rank{rank}.json").write_text(json.dumps({"type": type(e).__name__, "message": str(e)}))
+        raise
+
+
+def _spawn(spec: ModelSpec, ts: TrainSpec, data: Path, out: Path | None, opts: RunOptions) -> dict[str, Any]:
+    """Run `opts.nproc` local ranks with torch.multiprocessing (spawn) and a file rendezvous."""
+    import torch.multiprocessing as mp
+
+    from recstack import errors
+
+    payload = {"spec": spec.model_dump(), "ts": ts.model_dump(), "opts": asdict(opts),
+               "data": str(data), "out": str(out) if out is not None else None}
+    with tempfile.TemporaryDirectory(prefix="recstack-dist-") as tmp:
+        rdv = str(Path(tmp) / "rendezvous")
+        try:
+            mp.spawn(_worker, args=(payload, opts.nproc, rdv, tmp), nprocs=opts.nproc, join=True)
+        except mp.ProcessRaisedException as e:
+            for f in sorted(Path(tmp).glob("rank*.json")):
+                info = json.loads(f.read_text())
+                cls = getattr(errors, info["type"], RecstackError)
+                raise cls(info["message"]) from None
+            raise RuntimeError(f"a training worker failed:\n{e}") from None
+        except mp.ProcessExitedException as e:
+            raise RuntimeError(f"a training worker died: {e}") from None
+    if out is None:
+        return {}
+    p = out / "summary.json"
+    return json.loads(p.read_text()) if p.exists() else {}
