@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -54,7 +55,15 @@ def test_torchrun_entry_point(data, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "recstack.train.worker", str(cfg), "--data", str(data), "--out", str(tmp_path / "run"),
            "--no-progress"]
-    r = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, timeout=120)
-    assert r.returncode == 0, r.stderr[-2000:]
+    # Own session, so a hang kills torchrun's workers too, not only the launcher.
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                         start_new_session=True)
+    try:
+        _, err = p.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.communicate()
+        raise
+    assert p.returncode == 0, err[-2000:]
     s = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert s["world_size"] == 2 and s["steps"] == 6

@@ -18,7 +18,7 @@ from recstack.data.store import Store
 from recstack.errors import ConfigError, DataError, RecstackError
 from recstack.spec import ModelSpec, TrainSpec
 from recstack.train.dist import DistInfo, init_group, place_tables, shutdown_group, under_torchrun
-from recstack.train.rundir import PLOT, RunDir, plot_learning_curve
+from recstack.train.rundir import PLOT, SUMMARY, RunDir, plot_learning_curve
 from recstack.train.schedule import lr_at
 from recstack.train.trainer import Trainer, _is_tty, default_eval_every, prefetch, train_batches
 
@@ -269,6 +269,8 @@ def train(
     opts = RunOptions(backend=backend, device=device, nproc=nproc, log_every=log_every,
                       eval_samples=eval_samples, progress=progress, plan=plan, extra=dict(extra or {}))
     out_p = Path(out) if out is not None else None
+    if out_p is not None and int(os.environ.get("RANK", "0")) == 0:
+        (out_p / SUMMARY).unlink(missing_ok=True)  # an earlier run's result must not outlive a failed one
     if under_torchrun():
         return _rank_main(spec, train_spec, store.path, out_p, opts, None)
     if nproc == 1:

@@ -28,6 +28,7 @@ from recstack.data.batch import Batch, SparseBatch
 from recstack.data.store import Store
 from recstack.errors import ConfigError, DataError
 from recstack.spec import ModelSpec, TrainSpec
+from recstack.train.cpu_alloc import keep_freed_memory
 from recstack.train.dist import DistInfo, Exchange, place_tables, slice_sizes
 from recstack.train.metrics import binary_metrics
 from recstack.train.optim import DenseOptimizer, sparse_optimizer
@@ -100,6 +101,8 @@ class Trainer:
         self.ts = ts
         self.backend = backend
         self.device = torch.device(device)
+        if self.device.type == "cpu":
+            keep_freed_memory()  # perf: no page faults on every step's activations (cpu_alloc.py)
         self.world = world or DistInfo()
         w = self.world.world_size
         torch.manual_seed(ts.seed)
