@@ -4,16 +4,23 @@ A stack of Linear (+ReLU) layers with the reference initialisation. The construc
 is a stable contract; the layers stay ordinary `nn.Linear` modules in `self.layers`, so state
 dicts, pruning masks and checkpoints see the same parameters whichever path runs.
 
-Fast CPU path. On x86 CPUs the fp32 GEMMs PyTorch reaches through `addmm`/`mm` (MKL) run at about
-half the speed oneDNN reaches on the same shapes (on the 2-core AVX-512 AMD machine class we
-develop on: ~200 vs ~450 GFLOP/s for 2048x512x512; MKL takes a slow code path on non-Intel CPUs).
-For fp32 CPU tensors the forward and backward of each Linear(+ReLU) therefore run as one
-autograd Function that calls oneDNN's matmul (`torch.ops.mkldnn._linear_pointwise`) for all three
-GEMMs, with the bias and the ReLU fused into the forward GEMM, and saves the layer output (not the
-pre-activation) for the ReLU mask. The numerics are fp32 GEMMs as before (only the summation
-order, hence float rounding, differs). Anything unusual (other devices or dtypes, autocast,
-torch.compile tracing, dispatch modes such as FlopCounterMode, hooks on the layers, oneDNN
-missing) takes the plain module path.
+Fast CPU path. On x86 CPUs the fp32 GEMMs PyTorch reaches through `addmm`/`mm` (MKL) run slower
+than oneDNN's on the same shapes (on the 2-core AVX-512 AMD machine class we develop on about
+145 vs 175 GFLOP/s for 2048x512x512; MKL takes a slow code path on non-Intel CPUs). For fp32 CPU
+tensors the whole stack therefore runs as one autograd Function (`_FeatureMajorMLP`) whose every
+GEMM is oneDNN's matmul (`torch.ops.mkldnn._linear_pointwise`).
+
+It keeps activations feature-major (each layer's output as [features, batch], the transpose of
+the usual layout). oneDNN wants a GEMM's left operand row-major and copies it otherwise, and the
+weight gradient dW = dZ^T X needs one of dZ or X transposed: in the usual layout that is a
+single-threaded multi-MB transpose copy per layer per step (about 2 ms each for DLRM's 512-wide
+layers, a quarter of the MLP time). Feature-major, every operand is already in the layout its
+GEMM wants: forward Y^T = W X^T, weight gradient dZ^T X, input gradient W^T dZ^T (only the small
+W^T is copied). The bias and ReLU then run as one in-place pass (`_add_relu_`) instead of a GEMM
+epilogue, and the ReLU output doubles as its backward mask. The numerics are fp32 GEMMs as on
+the plain path (only the summation order, hence float rounding, differs). Anything unusual
+(other devices or dtypes, autocast, torch.compile tracing, dispatch modes such as
+FlopCounterMode, hooks on the layers, oneDNN missing) takes the plain module path.
 """
 
 from __future__ import annotations
@@ -25,56 +32,64 @@ from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 from recstack.models.init import init_linear
 
 _ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-_ACTS = ("none", "relu", "sigmoid")
 
 
-def _onednn_linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, act: str) -> torch.Tensor:
-    """x @ w.T (+ b) (then `act`, "none" or "relu") by oneDNN; x and w may be transposed views."""
-    return torch.ops.mkldnn._linear_pointwise(x, w, b, act, [], "")
+def _mm_nt(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b.T by oneDNN; `a` should be row-major (else oneDNN copies it), `b` may be any 2-D view."""
+    return torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")
 
 
-class _LinearAct(torch.autograd.Function):
-    """y = act(x @ W.T + b) with every GEMM on oneDNN; x is 2-D, act is "none" or "relu"."""
+class _FeatureMajorMLP(torch.autograd.Function):
+    """Linear(+ReLU) layers on a 2-D [batch, in] input, computed feature-major (see module doc).
+
+    Inputs: x, the per-layer ReLU flags, then weight and bias of each layer. Returns the last
+    layer's output as a [batch, out] view of its feature-major [out, batch] result.
+    """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, relu: bool) -> torch.Tensor:  # type: ignore[override]
-        y = _onednn_linear(x, w, b, "relu" if relu else "none")
-        ctx.relu = relu
-        ctx.has_bias = b is not None
-        # relu(z) > 0 exactly where z > 0, so the output doubles as the mask: no extra tensor kept.
-        ctx.save_for_backward(x, w, y if relu else None)
-        return y
+    def forward(ctx, x: torch.Tensor, relus: tuple[bool, ...], *params: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        x = x.contiguous()
+        h = x  # layer input: [batch, in] for the first layer, feature-major [in, batch] after
+        outs: list[torch.Tensor] = []
+        for i, relu in enumerate(relus):
+            w, b = params[2 * i], params[2 * i + 1]
+            y = _mm_nt(w, h if i == 0 else h.t())  # [out, batch] = W @ H^T
+            if b is not None:
+                if relu:
+                    torch.ops.aten._add_relu_(y, b[:, None])
+                else:
+                    y.add_(b[:, None])
+            elif relu:
+                y.relu_()
+            outs.append(y)
+            h = y
+        ctx.relus = relus
+        ctx.has_bias = [params[2 * i + 1] is not None for i in range(len(relus))]
+        # Inputs of layers 1.. are outputs of layers 0..; the last output is kept only as a ReLU mask.
+        keep_last = outs[-1] if relus[-1] else None
+        ctx.save_for_backward(x, *outs[:-1], keep_last, *params[0::2])
+        return outs[-1].t()
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g: torch.Tensor):  # type: ignore[override]
-        x, w, y = ctx.saved_tensors
-        if ctx.relu:
-            g = torch.ops.aten.threshold_backward(g, y, 0)
-        gx = gw = gb = None
-        need_gb = ctx.has_bias and ctx.needs_input_grad[2]
-        if ctx.needs_input_grad[0]:  # skipped for the first layer on dense inputs
-            gx = _onednn_linear(g, w.t(), None, "none")
-        if ctx.needs_input_grad[1]:
-            # oneDNN wants the GEMM's left operand row-major and copies it otherwise, so transpose
-            # the smaller of x and g. Narrow inputs (DLRM's 13 and 52 wide first layers): compute
-            # dW.T = x.T @ g from a copied x.T, with a row of ones appended so that the same GEMM
-            # also yields the bias gradient (the column sums of g) without another pass over g.
-            k = w.shape[1]
-            if k < w.shape[0]:
-                xt = x.t()
-                if need_gb:
-                    xt = torch.cat([xt, xt.new_ones(1, xt.shape[1])])
-                r = _onednn_linear(xt.contiguous(), g.t(), None, "none")
-                gw = r[:k].t()
-                if need_gb:
-                    gb = r[k]
-                    need_gb = False
-            else:
-                gw = _onednn_linear(g.t(), x.t(), None, "none")
-        if need_gb:
-            gb = g.sum(0)
-        return gx, gw, gb, None
+        n = len(ctx.relus)
+        saved = ctx.saved_tensors
+        x, hidden, last, weights = saved[0], saved[1:n], saved[n], saved[n + 1:]
+        grads: list[torch.Tensor | None] = [None] * (2 * n)
+        gt = g.t().contiguous()  # [out, batch]
+        for i in range(n - 1, -1, -1):
+            y = last if i == n - 1 else hidden[i]
+            if ctx.relus[i]:
+                gt = torch.ops.aten.threshold_backward(gt, y, 0)  # relu(z) > 0 exactly where z > 0
+            if ctx.needs_input_grad[2 + 2 * i]:
+                grads[2 * i] = _mm_nt(gt, x.t() if i == 0 else hidden[i - 1])  # dW = dZ^T X
+            if ctx.has_bias[i] and ctx.needs_input_grad[3 + 2 * i]:
+                grads[2 * i + 1] = gt.sum(1)
+            if i > 0 or ctx.needs_input_grad[0]:  # skipped for the first layer on dense inputs
+                gt = _mm_nt(weights[i].t().contiguous(), gt.t())  # dX^T = W^T dZ^T
+        gx = gt.t() if ctx.needs_input_grad[0] else None
+        return gx, None, *grads
 
 
 class MLP(nn.Module):
@@ -139,9 +154,12 @@ class MLP(nn.Module):
             return self.layers(x)
         lead = x.shape[:-1] if x.dim() != 2 else None
         h = x if lead is None else x.reshape(-1, x.shape[-1])
-        for idx, act in self._plan:
+        relus = tuple(act == "relu" for _, act in self._plan)
+        params: list[torch.Tensor | None] = []
+        for idx, _ in self._plan:
             lin = self.layers[idx]
-            h = _LinearAct.apply(h, lin.weight, lin.bias, act == "relu")
-            if act == "sigmoid":
-                h = torch.sigmoid(h)
+            params += [lin.weight, lin.bias]
+        h = _FeatureMajorMLP.apply(h, relus, *params)
+        if self._plan[-1][1] == "sigmoid":
+            h = torch.sigmoid(h)
         return h if lead is None else h.reshape(*lead, h.shape[-1])

@@ -1,0 +1,423 @@
+"""DLRM training-step throughput on CPU, side by side with the reference dlrm_s_pytorch.py.
+
+What it measures: recstack's real training step, `recstack.train.Trainer.step` (the model from
+`recstack.models.build_model`: forward, BCE-with-logits loss, backward, dense SGD and sparse
+embedding SGD), fp32, on pre-generated random batches (data loading excluded), for the
+configuration of REFERENCE.md section 1: bottom MLP 13-512-256-64-16, top MLP 512-256-1
+(input 52 = 16 + 9*8/2), dot interaction, 8 tables x 1M rows, dim 16, one index per bag,
+batch 2048, SGD lr 0.1.
+
+How: `--warmup` steps first, then `--repeats` repetitions of `--iters` steps each, timed with
+perf_counter; ms/it is the median over the repetitions (spread reported as min/max). With
+`--rounds R` our measurement and the reference run alternate R times (interleaved, because the
+machine is shared and timings drift); every repetition of every round enters our median.
+
+Reference: `--reference PATH/dlrm_s_pytorch.py` runs the reference implementation as a
+subprocess on the same configuration and numerics (fp32, BCE loss, random data, same torch and
+thread count) and parses the ms/it it prints every `--print-freq` iterations; its number is
+the median of those prints after the first (the first includes warm-up), as REFERENCE.md
+describes. The reference's printed ms/it covers forward, loss, backward and optimizer step
+(its timer starts after the batch is fetched, so data generation is excluded there too).
+The reference's optional TensorBoard import is stubbed when tensorboard is not installed (it
+only logs scalars). Without `--reference` the published anchor (35-39 ms/it, REFERENCE.md) is
+printed, labelled as such, not as a measurement.
+
+Also reported: a per-component breakdown of the step (each part of the same model timed on its
+own: bottom/top MLP forward and backward, interaction, embeddings forward/backward/update, loss,
+dense optimizer), achieved MLP GFLOP/s (MLP FLOPs per step / measured MLP forward+backward time;
+MLP FLOPs = 2*B*in*out per Linear for the forward, the same again for the weight gradient and
+for the input gradient, except the first bottom layer, whose dense input needs no gradient),
+embedding GB/s (bytes of embedding rows gathered in the forward plus rows read and written by
+the update, 3*B*T*L*dim*4, over the embedding forward+backward+update time), and the machine's
+fp32 GEMM rate on 2048x512x512 through torch.mm and through oneDNN.
+
+Noise: with torch's default of one OpenMP thread per core, any other busy process on the machine
+slows every parallel region (both implementations alike) by up to 20x; run on an otherwise idle
+machine, keep --rounds >= 2 so that a burst of load hits both sides, and check min/max.
+`--threads 1` gives a contention-robust comparison (the reference then runs with OMP_NUM_THREADS=1).
+
+    python benchmarks/train_throughput.py
+    python benchmarks/train_throughput.py --reference /path/to/dlrm/dlrm_s_pytorch.py --rounds 3
+    python benchmarks/train_throughput.py --json --compare-plain
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from recstack.data.batch import Batch, SparseBatch
+from recstack.models import mlp as mlp_module
+from recstack.spec import ModelSpec, TrainSpec
+from recstack.train import Trainer
+
+ANCHOR_MS = (35.0, 39.0)  # REFERENCE.md section 1: reference dlrm_s_pytorch.py on a 2-core AVX-512 CPU
+BOTTOM = [512, 256, 64, 16]
+TOP = [512, 256, 1]
+DENSE = 13
+
+# Runs the reference script in a fresh interpreter; stubs torch.utils.tensorboard if absent.
+_REF_BOOT = """
+import os, runpy, sys, types
+try:
+    import torch.utils.tensorboard  # noqa: F401
+except Exception:
+    mod = types.ModuleType("torch.utils.tensorboard")
+    class SummaryWriter:
+        def __init__(self, *a, **k): pass
+        def __getattr__(self, name): return lambda *a, **k: None
+    mod.SummaryWriter = SummaryWriter
+    sys.modules["torch.utils.tensorboard"] = mod
+path = sys.argv[1]
+sys.argv = sys.argv[1:]
+sys.path.insert(0, os.path.dirname(os.path.abspath(path)))
+runpy.run_path(path, run_name="__main__")
+"""
+_REF_LINE = re.compile(r"Finished training it (\d+)/(\d+) of epoch \d+, ([0-9.]+) ms/it")
+
+
+# ---------------------------------------------------------------- machine and GEMM peak
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    flags: set[str] = set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and cpu in ("", platform.machine(), platform.processor()):
+                cpu = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    blas = re.search(r"Math Kernel Library Version ([^\s]+)", torch.__config__.show())
+    return {
+        "cpu": cpu, "cores": cores, "avx512": "avx512f" in flags, "amx": "amx_tile" in flags,
+        "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "blas": f"MKL {blas.group(1)}" if blas else "non-MKL",
+        "onednn": torch.backends.mkldnn.is_available(), "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def _median_time(fn: Callable[[], object], iters: int, repeats: int, warmup: int = 3) -> float:
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        for _ in range(iters):
+            fn()
+        out.append((time.perf_counter() - t) / iters)
+    return statistics.median(out)
+
+
+def gemm_gflops(n: int = 2048, k: int = 512, m: int = 512, repeats: int = 15) -> dict[str, float]:
+    """fp32 [n,k] x [k,m] GEMM rate through torch.mm (the default BLAS) and through oneDNN."""
+    a, b = torch.randn(n, k), torch.randn(m, k)
+    flops = 2.0 * n * k * m
+    fns: dict[str, Callable[[], object]] = {"mm": lambda: torch.mm(a, b.t())}
+    if getattr(mlp_module, "_ONEDNN", False):
+        fns["onednn"] = lambda: torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")
+    times: dict[str, list[float]] = {k_: [] for k_ in fns}
+    for _ in range(repeats):  # interleaved
+        for name, fn in fns.items():
+            times[name].append(_median_time(fn, 5, 1, warmup=1))
+    return {name: flops / statistics.median(t) / 1e9 for name, t in times.items()}
+
+
+# ---------------------------------------------------------------- model, data, step
+def bench_spec(rows: int, tables: int, dim: int, pooling: int) -> ModelSpec:
+    return ModelSpec.model_validate({
+        "name": "dlrm-train-bench", "family": "dlrm", "dense_features": DENSE,
+        "bottom_mlp": BOTTOM[:-1] + [dim], "top_mlp": TOP, "interaction": "dot",
+        "table_groups": [{"name": "t", "count": tables, "rows": rows, "dim": dim, "pooling": pooling,
+                          "pooling_dist": "fixed"}],
+    })
+
+
+def random_batches(spec: ModelSpec, batch: int, n: int, seed: int = 0) -> list[Batch]:
+    """Pre-generated uniform random batches (ids uniform over each table, dense in [0, 1))."""
+    g = torch.Generator().manual_seed(seed)
+    pooling = [int(t.pooling) for t in spec.tables]
+    out = []
+    for _ in range(n):
+        ids = torch.cat([torch.randint(0, t.rows, (batch, p), generator=g) for t, p in zip(spec.tables, pooling)], 1)
+        out.append(Batch(torch.rand(batch, spec.dense_features, generator=g), SparseBatch.from_fixed(ids, pooling),
+                         torch.randint(0, 2, (batch,), generator=g).float()))
+    return out
+
+
+def mlp_flops(spec: ModelSpec, batch: int) -> float:
+    """FLOPs of the MLP GEMMs in one training step (forward, weight grad, input grad)."""
+    from recstack.models.dlrm import top_input_width
+
+    bottom = [spec.dense_features, *spec.bottom_mlp]
+    top = [top_input_width(spec), *spec.top_mlp]
+    macs = 0
+    for sizes, first_needs_grad in ((bottom, False), (top, True)):
+        for i in range(len(sizes) - 1):
+            mac = sizes[i] * sizes[i + 1]
+            macs += mac * (3 if (i > 0 or first_needs_grad) else 2)
+    return 2.0 * batch * macs
+
+
+def time_steps(trainer: Trainer, batches: list[Batch], iters: int, repeats: int, warmup: int) -> list[float]:
+    """ms per step of each repetition (iters steps each), after `warmup` steps."""
+    n = len(batches)
+    for i in range(warmup):
+        trainer.step(batches[i % n])
+    out = []
+    for r in range(repeats):
+        t = time.perf_counter()
+        for i in range(iters):
+            loss = trainer.step(batches[(r * iters + i) % n])
+        loss.item()  # CPU ops are synchronous; this keeps the same shape on other devices
+        out.append((time.perf_counter() - t) / iters * 1e3)
+    return out
+
+
+def breakdown(trainer: Trainer, batch: Batch, iters: int = 10, repeats: int = 7) -> dict[str, float]:
+    """ms per component of one step, each part of the trainer's model timed on its own."""
+    m = trainer.model
+    lr = trainer.ts.lr
+    dense, sparse, labels = batch.dense, batch.sparse, batch.labels
+    with torch.no_grad():
+        pooled0 = m.embeddings(sparse)
+        x0 = m.bottom(dense)
+        z0 = m.interaction(x0, pooled0)
+        logit0 = m.top(z0).squeeze(-1)
+    leaf = lambda t: t.detach().clone().requires_grad_(True)
+    res: dict[str, float] = {}
+
+    def fwd_bwd(name: str, fwd: Callable[[], Any], grads: Callable[[Any], Any]) -> None:
+        state: dict[str, Any] = {}
+
+        def f() -> None:
+            state["out"] = fwd()
+
+        def b() -> None:
+            out = state["out"]
+            torch.autograd.backward(out, grads(out))
+
+        def both() -> None:
+            f()
+            b()
+
+        t_f = _median_time(f, iters, repeats)
+        t_fb = _median_time(both, iters, repeats)
+        res[f"{name}_fwd"] = t_f * 1e3
+        res[f"{name}_bwd"] = max(0.0, t_fb - t_f) * 1e3
+
+    def ones_like_all(out: Any) -> Any:
+        return [torch.ones_like(o) for o in out] if isinstance(out, list) else torch.ones_like(out)
+
+    # embeddings: forward; backward (sparse row gradients, or the fused update for fbgemm); update
+    fwd_bwd("embeddings", lambda: m.embeddings(sparse), ones_like_all)
+    if trainer.sparse_opt is not None:
+        pooled = m.embeddings(sparse)
+        torch.autograd.backward(pooled, ones_like_all(pooled))
+        grads = [p.grad for p in trainer.sparse_opt.params]
+
+        def upd() -> None:
+            for p, g in zip(trainer.sparse_opt.params, grads):
+                p.grad = g
+            trainer.sparse_opt.step(lr)
+
+        res["embeddings_update"] = _median_time(upd, iters, repeats) * 1e3
+        trainer.sparse_opt.zero_grad()
+    else:
+        res["embeddings_update"] = 0.0  # fused into the backward (fbgemm)
+    xb = leaf(x0)
+    pl = [leaf(p) for p in pooled0]
+    fwd_bwd("bottom_mlp", lambda: m.bottom(dense), ones_like_all)
+    fwd_bwd("interaction", lambda: m.interaction(xb, pl), ones_like_all)
+    zl = leaf(z0)
+    fwd_bwd("top_mlp", lambda: m.top(zl), ones_like_all)
+    ll = leaf(logit0)
+    fwd_bwd("loss", lambda: F.binary_cross_entropy_with_logits(ll, labels), lambda out: None)
+    for p in m.dense_parameters():
+        p.grad = torch.zeros_like(p)
+    res["dense_optimizer"] = _median_time(lambda: trainer.dense_opt.step(lr), iters, repeats) * 1e3
+
+    def zero() -> None:
+        trainer.dense_opt.zero_grad()
+        if trainer.sparse_opt is not None:
+            trainer.sparse_opt.zero_grad()
+
+    res["zero_grad"] = _median_time(zero, iters, repeats) * 1e3
+    m.zero_grad(set_to_none=True)
+    return res
+
+
+# ---------------------------------------------------------------- reference
+def reference_cmd(path: str, args: argparse.Namespace, batches: int) -> list[str]:
+    emb = "-".join([str(args.rows)] * args.tables)
+    return [
+        sys.executable, "-c", _REF_BOOT, path,
+        f"--arch-sparse-feature-size={args.dim}", f"--arch-mlp-bot={DENSE}-{'-'.join(map(str, BOTTOM[:-1]))}-{args.dim}",
+        f"--arch-mlp-top={'-'.join(map(str, TOP))}", f"--arch-embedding-size={emb}",
+        f"--num-indices-per-lookup={args.pooling}", "--num-indices-per-lookup-fixed=True",
+        f"--mini-batch-size={args.batch_size}", "--data-generation=random", "--learning-rate=0.1",
+        "--loss-function=bce", f"--print-freq={args.print_freq}", "--print-time", f"--num-batches={batches}",
+        "--nepochs=1", "--numpy-rand-seed=123",
+    ]
+
+
+def run_reference(path: str, args: argparse.Namespace) -> tuple[list[float], str]:
+    """The reference's printed ms/it values (all prints) and the command line used."""
+    batches = args.print_freq * (args.ref_prints + 1)
+    cmd = reference_cmd(path, args, batches)
+    env = dict(os.environ)
+    if args.threads:
+        env["OMP_NUM_THREADS"] = str(args.threads)
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=os.path.dirname(os.path.abspath(path)), check=False)
+    vals = [float(m.group(3)) for m in _REF_LINE.finditer(p.stdout)]
+    if p.returncode != 0 or not vals:
+        tail = (p.stdout + p.stderr)[-2000:]
+        raise SystemExit(f"reference run failed (exit {p.returncode}):\n{tail}")
+    shown = " ".join(c if i != 2 else "-c <bootstrap: stub tensorboard, run_path>" for i, c in enumerate(cmd))
+    return vals, shown
+
+
+# ---------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--batch-size", type=int, default=2048)
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--tables", type=int, default=8)
+    ap.add_argument("--dim", type=int, default=16)
+    ap.add_argument("--pooling", type=int, default=1, help="indices per bag (fixed)")
+    ap.add_argument("--backend", default="torch", choices=["torch", "fused", "fbgemm"],
+                    help="embedding backend of the model (default: torch)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's default)")
+    ap.add_argument("--warmup", type=int, default=20)
+    ap.add_argument("--iters", type=int, default=10, help="steps per timed repetition")
+    ap.add_argument("--repeats", type=int, default=10, help="timed repetitions per round")
+    ap.add_argument("--rounds", type=int, default=1, help="alternations of ours and the reference")
+    ap.add_argument("--reference", metavar="PATH", help="path to the reference dlrm_s_pytorch.py")
+    ap.add_argument("--print-freq", type=int, default=10, help="reference print frequency (iterations)")
+    ap.add_argument("--ref-prints", type=int, default=10, help="reference prints kept per run (after the first)")
+    ap.add_argument("--compare-plain", action="store_true",
+                    help="also time the same step with the plain (non-oneDNN) MLP path")
+    ap.add_argument("--no-breakdown", action="store_true")
+    ap.add_argument("--json", action="store_true", help="print one JSON object")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
+
+    spec = bench_spec(args.rows, args.tables, args.dim, args.pooling)
+    ts = TrainSpec(optimizer="sgd", lr=0.1, batch_size=args.batch_size)
+    mach = machine()
+    log(f"machine: {mach['cpu']}, {mach['cores']} cores, avx512={mach['avx512']}, amx={mach['amx']}, "
+        f"torch {mach['torch']} ({mach['blas']}, oneDNN={mach['onednn']}), {mach['threads']} threads")
+    trainer = Trainer(spec, ts, backend=args.backend, device="cpu")
+    batches = random_batches(spec, args.batch_size, 8)
+    log(f"config: bottom {DENSE}-{'-'.join(map(str, spec.bottom_mlp))}, top "
+        f"{'-'.join(map(str, spec.top_mlp))}, {args.tables} tables x {args.rows} rows, dim {args.dim}, "
+        f"{args.pooling} index/bag, batch {args.batch_size}, SGD lr 0.1, fp32, backend {args.backend}")
+    log(f"method: {args.warmup} warm-up steps, then {args.repeats} repetitions x {args.iters} steps per round, "
+        f"{args.rounds} round(s); median of per-repetition ms/it")
+
+    ours: list[float] = []
+    plain: list[float] = []
+    ref: list[float] = []
+    ref_cmd = ""
+    for r in range(args.rounds):
+        ours += time_steps(trainer, batches, args.iters, args.repeats, args.warmup if r == 0 else 3)
+        log(f"round {r + 1}: recstack {statistics.median(ours[-args.repeats:]):.2f} ms/it")
+        if args.compare_plain:
+            mlp_module.MLP.fast = False
+            try:
+                plain += time_steps(trainer, batches, args.iters, args.repeats, 3)
+            finally:
+                mlp_module.MLP.fast = True
+            log(f"round {r + 1}: recstack, plain MLP path {statistics.median(plain[-args.repeats:]):.2f} ms/it")
+        if args.reference:
+            vals, ref_cmd = run_reference(args.reference, args)
+            ref += vals[1:]
+            log(f"round {r + 1}: reference {statistics.median(vals[1:]):.2f} ms/it (prints {vals})")
+
+    out: dict[str, Any] = {"machine": mach, "config": {
+        "bottom_mlp": [DENSE, *spec.bottom_mlp], "top_mlp": spec.top_mlp, "tables": args.tables,
+        "rows": args.rows, "dim": args.dim, "pooling": args.pooling, "batch_size": args.batch_size,
+        "optimizer": "sgd", "lr": 0.1, "dtype": "fp32", "backend": args.backend, "interaction": "dot"}}
+    ms = statistics.median(ours)
+    out["ms_per_iter"] = ms
+    out["ms_per_iter_min_max"] = [min(ours), max(ours)]
+    out["method"] = {"warmup": args.warmup, "iters_per_repeat": args.iters, "repeats_per_round": args.repeats,
+                     "rounds": args.rounds, "statistic": "median over repetitions"}
+    out["samples_per_s"] = args.batch_size / ms * 1e3
+    if plain:
+        out["plain_mlp_ms_per_iter"] = statistics.median(plain)
+    gemm = gemm_gflops()
+    out["gemm_gflops"] = gemm
+    out["gemm_peak_gflops"] = max(gemm.values())
+    flops = mlp_flops(spec, args.batch_size)
+    out["mlp_flops_per_iter"] = flops
+    emb_bytes = 3.0 * args.batch_size * args.tables * args.pooling * args.dim * 4
+    out["emb_bytes_per_iter"] = emb_bytes
+    out["mlp_gflops"] = out["emb_gbps"] = None  # measured by the breakdown (skipped with --no-breakdown)
+    if not args.no_breakdown:
+        bd = breakdown(trainer, batches[0])
+        out["breakdown_ms"] = bd
+        mlp_ms = bd["bottom_mlp_fwd"] + bd["bottom_mlp_bwd"] + bd["top_mlp_fwd"] + bd["top_mlp_bwd"]
+        emb_ms = bd["embeddings_fwd"] + bd["embeddings_bwd"] + bd["embeddings_update"]
+        parts = sum(bd.values())
+        out["breakdown_ms"]["sum_of_parts"] = parts
+        out["breakdown_ms"]["other"] = ms - parts  # autograd engine, glue, cache effects between parts
+        out["mlp_ms"] = mlp_ms
+        out["mlp_gflops"] = flops / (mlp_ms / 1e3) / 1e9
+        out["emb_ms"] = emb_ms
+        out["emb_gbps"] = emb_bytes / (emb_ms / 1e3) / 1e9
+    if ref:
+        out["reference_ms_per_iter"] = statistics.median(ref)
+        out["reference_ms_per_iter_min_max"] = [min(ref), max(ref)]
+        out["speedup_vs_reference"] = out["reference_ms_per_iter"] / ms
+        out["reference_command"] = ref_cmd
+    else:
+        out["reference_anchor_ms_per_iter"] = list(ANCHOR_MS)
+        out["reference_anchor_note"] = "published anchor from REFERENCE.md section 1, not measured here"
+
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    print(f"\nrecstack step: {ms:.2f} ms/it median (min {min(ours):.2f}, max {max(ours):.2f}; "
+          f"{len(ours)} repetitions x {args.iters} steps), {out['samples_per_s']:.0f} samples/s")
+    if plain:
+        print(f"recstack step with the plain MLP path: {out['plain_mlp_ms_per_iter']:.2f} ms/it median")
+    if ref:
+        print(f"reference dlrm_s_pytorch.py, measured side by side: {out['reference_ms_per_iter']:.2f} ms/it median "
+              f"({len(ref)} prints of {args.print_freq} it) -> speed-up {out['speedup_vs_reference']:.2f}x")
+    else:
+        print(f"reference: published anchor {ANCHOR_MS[0]:.0f}-{ANCHOR_MS[1]:.0f} ms/it (REFERENCE.md; NOT measured "
+              "here; pass --reference PATH/dlrm_s_pytorch.py to measure it side by side)")
+    print("GEMM 2048x512x512 fp32: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in gemm.items()))
+    if "breakdown_ms" in out:
+        print(f"MLPs: {out['mlp_ms']:.2f} ms for {flops / 1e9:.2f} GFLOP -> {out['mlp_gflops']:.0f} GFLOP/s "
+              f"({out['mlp_gflops'] / out['gemm_peak_gflops']:.0%} of the measured GEMM rate)")
+        print(f"embeddings: {out['emb_ms']:.2f} ms for {emb_bytes / 1e6:.2f} MB -> {out['emb_gbps']:.2f} GB/s")
+        print("breakdown (ms, each part timed on its own):")
+        for k, v in out["breakdown_ms"].items():
+            print(f"  {k:<20} {v:7.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
