@@ -27,6 +27,7 @@ from torch import nn
 
 from recstack.data.batch import SparseBatch
 from recstack.errors import ConfigError
+from recstack.models.hugepages import empty_table
 from recstack.models.init import init_table
 from recstack.spec import TableSpec
 
@@ -167,7 +168,7 @@ class _TorchBags(nn.Module):
         self.bags = nn.ModuleList(
             nn.EmbeddingBag(
                 rows, dim, mode="sum", sparse=True, include_last_offset=True,
-                _weight=torch.empty(rows, dim, device=device),  # filled by the collection
+                _weight=empty_table(rows, dim, device),  # filled by the collection
             )
             for rows, dim in shapes
         )
@@ -207,7 +208,7 @@ class _FusedBags(nn.Module):
             for t in members:
                 self.place[t] = (g, row, shapes[t][0])
                 row += shapes[t][0]
-            self.weights.append(nn.Parameter(torch.empty(row, dims[members[0]], device=device)))
+            self.weights.append(nn.Parameter(empty_table(row, dims[members[0]], device)))
             offs = torch.tensor([self.place[t][1] for t in members], dtype=torch.long, device=device)
             self.register_buffer(f"row_offsets_{g}", offs, persistent=False)
 

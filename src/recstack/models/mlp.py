@@ -77,17 +77,24 @@ class _FeatureMajorMLP(torch.autograd.Function):
         saved = ctx.saved_tensors
         x, hidden, last, weights = saved[0], saved[1:n], saved[n], saved[n + 1:]
         grads: list[torch.Tensor | None] = [None] * (2 * n)
-        gt = g.t().contiguous()  # [out, batch]
+        gt = g.t().contiguous()  # [out, batch]; always a fresh copy unless the last layer is 1 wide
+        if gt.data_ptr() == g.data_ptr():
+            gt = gt.clone()  # updated in place below: never write into autograd's incoming gradient
         for i in range(n - 1, -1, -1):
             y = last if i == n - 1 else hidden[i]
             if ctx.relus[i]:
-                gt = torch.ops.aten.threshold_backward(gt, y, 0)  # relu(z) > 0 exactly where z > 0
+                # relu(z) > 0 exactly where z > 0; in place: gt is ours (fresh from a GEMM or copy)
+                torch.ops.aten.threshold_backward.grad_input(gt, y, 0, grad_input=gt)
             if ctx.needs_input_grad[2 + 2 * i]:
                 grads[2 * i] = _mm_nt(gt, x.t() if i == 0 else hidden[i - 1])  # dW = dZ^T X
             if ctx.has_bias[i] and ctx.needs_input_grad[3 + 2 * i]:
                 grads[2 * i + 1] = gt.sum(1)
             if i > 0 or ctx.needs_input_grad[0]:  # skipped for the first layer on dense inputs
-                gt = _mm_nt(weights[i].t().contiguous(), gt.t())  # dX^T = W^T dZ^T
+                w = weights[i]
+                if w.shape[0] == 1:  # a logit layer: dX^T is the outer product W^T dZ^T, no GEMM needed
+                    gt = w.t() * gt
+                else:
+                    gt = _mm_nt(w.t().contiguous(), gt.t())  # dX^T = W^T dZ^T
         gx = gt.t() if ctx.needs_input_grad[0] else None
         return gx, None, *grads
 
