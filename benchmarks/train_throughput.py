@@ -205,6 +205,10 @@ def breakdown(trainer: Trainer, batch: Batch, iters: int = 10, repeats: int = 7)
     leaf = lambda t: t.detach().clone().requires_grad_(True)
     res: dict[str, float] = {}
 
+    def clear_grads() -> None:
+        # Gradients must not pile up across timed repetitions: sparse ones would grow every time.
+        m.zero_grad(set_to_none=True)
+
     def fwd_bwd(name: str, fwd: Callable[[], Any], grads: Callable[[Any], Any]) -> None:
         state: dict[str, Any] = {}
 
@@ -214,6 +218,7 @@ def breakdown(trainer: Trainer, batch: Batch, iters: int = 10, repeats: int = 7)
         def b() -> None:
             out = state["out"]
             torch.autograd.backward(out, grads(out))
+            clear_grads()
 
         def both() -> None:
             f()
@@ -230,6 +235,7 @@ def breakdown(trainer: Trainer, batch: Batch, iters: int = 10, repeats: int = 7)
     # embeddings: forward; backward (sparse row gradients, or the fused update for fbgemm); update
     fwd_bwd("embeddings", lambda: m.embeddings(sparse), ones_like_all)
     if trainer.sparse_opt is not None:
+        clear_grads()
         pooled = m.embeddings(sparse)
         torch.autograd.backward(pooled, ones_like_all(pooled))
         grads = [p.grad for p in trainer.sparse_opt.params]

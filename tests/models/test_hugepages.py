@@ -1,0 +1,67 @@
+"""Embedding tables are advised onto transparent huge pages, and the advice really takes effect."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from recstack.models import hugepages
+from recstack.models.embedding import EmbeddingBagCollection
+from recstack.spec import TableSpec
+
+linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="madvise/THP are Linux features")
+_THP = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+
+
+def _thp_mode() -> str:
+    try:
+        text = _THP.read_text()
+    except OSError:
+        return "unavailable"
+    return text.split("[", 1)[1].split("]", 1)[0] if "[" in text else "unavailable"
+
+
+def _anon_huge_kb(t: torch.Tensor) -> int:
+    """AnonHugePages (kB) of the mapping(s) holding t's memory, from /proc/self/smaps."""
+    lo, hi = t.data_ptr(), t.data_ptr() + t.numel() * t.element_size()
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split()[0]
+        if "-" in head and all(c in "0123456789abcdef-" for c in head):
+            a, b = (int(x, 16) for x in head.split("-"))
+            inside = a < hi and b > lo
+        elif inside and line.startswith("AnonHugePages:"):
+            total += int(line.split()[1])
+    return total
+
+
+@linux
+def test_advise_marks_the_aligned_interior(monkeypatch):
+    monkeypatch.setenv("RECSTACK_HUGEPAGES", "1")
+    t = torch.empty(16 << 20, dtype=torch.uint8)  # 16 MB
+    marked = hugepages.advise_hugepages(t)
+    # At most the 2 MB-aligned interior; at least all of it but one partial page on each side.
+    assert 16 * 2**20 - 2 * 2**21 <= marked <= 16 * 2**20
+    assert marked % 2**21 == 0
+    assert hugepages.advise_hugepages(torch.empty(1000, dtype=torch.uint8)) == 0  # smaller than one huge page
+
+
+def test_switch_off_and_small_tables(monkeypatch):
+    monkeypatch.setenv("RECSTACK_HUGEPAGES", "0")
+    assert hugepages.advise_hugepages(torch.empty(16 << 20, dtype=torch.uint8)) == 0
+    t = hugepages.empty_table(1000, 16)
+    assert t.shape == (1000, 16) and t.dtype == torch.float32
+
+
+@linux
+@pytest.mark.skipif(_thp_mode() not in ("always", "madvise"), reason="transparent huge pages disabled here")
+def test_big_tables_get_huge_pages(monkeypatch):
+    monkeypatch.setenv("RECSTACK_HUGEPAGES", "1")
+    ebc = EmbeddingBagCollection([TableSpec(name="t0", rows=1 << 20, dim=16)], backend="torch")
+    w = ebc.table_weight(0)
+    assert _anon_huge_kb(w) >= 32 * 1024  # most of the 64 MB table sits on 2 MB pages
+    small = EmbeddingBagCollection([TableSpec(name="s", rows=1000, dim=16)], backend="fused").table_weight(0)
+    assert small.shape == (1000, 16)
