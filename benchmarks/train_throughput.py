@@ -298,7 +298,7 @@ def run_reference(path: str, args: argparse.Namespace) -> tuple[list[float], str
     if p.returncode != 0 or not vals:
         tail = (p.stdout + p.stderr)[-2000:]
         raise SystemExit(f"reference run failed (exit {p.returncode}):\n{tail}")
-    shown = " ".join(c if i != 2 else "-c <bootstrap: stub tensorboard, run_path>" for i, c in enumerate(cmd))
+    shown = " ".join(c if i != 2 else "<bootstrap: stub tensorboard, run_path>" for i, c in enumerate(cmd))
     return vals, shown
 
 
