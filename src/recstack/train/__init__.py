@@ -6,8 +6,11 @@ Public API:
   sync; what benchmarks time), `.evaluate(store, split)`, `.model`
 - metrics: `auc`, `logloss`, `normalized_entropy`, `binary_metrics`; schedule: `lr_at`
 - placement for model-parallel tables: `place_tables(tables, world_size, plan)`, `load_plan(path)`
+- checkpoints: `CheckpointStore(root, keep)` (`save`, `save_rows`, `load_latest`, `verify`, `prune`,
+  `clean`), `BackgroundSaver(store)`, `CheckpointError`
 """
 
+from recstack.train.checkpoint import BackgroundSaver, CheckpointError, CheckpointInfo, CheckpointStore
 from recstack.train.dist import load_plan, place_tables
 from recstack.train.metrics import auc, binary_metrics, entropy, logloss, normalized_entropy
 from recstack.train.run import RunOptions, check_store, fit, train
@@ -15,6 +18,6 @@ from recstack.train.schedule import lr_at
 from recstack.train.trainer import Trainer, build_model_for
 
 __all__ = [
-    "RunOptions", "Trainer", "auc", "binary_metrics", "build_model_for", "check_store", "entropy", "fit",
+    "BackgroundSaver", "CheckpointError", "CheckpointInfo", "CheckpointStore", "RunOptions", "Trainer", "auc", "binary_metrics", "build_model_for", "check_store", "entropy", "fit",
     "load_plan", "logloss", "lr_at", "normalized_entropy", "place_tables", "train",
 ]
