@@ -120,6 +120,13 @@ EvalOpt = Annotated[int | None, _Opt("--eval-every", help="Steps between validat
 LogOpt = Annotated[int | None, _Opt("--log-every", help="Steps between train-loss rows in metrics.jsonl.")]
 PlanOpt = Annotated[Path | None, _Opt("--plan", help="JSON {table_name: rank} placing tables on ranks.")]
 ProgressOpt = Annotated[bool, _Opt("--progress/--no-progress", help="Progress bar on stderr (TTY only).")]
+CkptEveryOpt = Annotated[
+    int | None, _Opt("--checkpoint-every", help="Steps between full checkpoints (atomic, checksummed, background).")
+]
+CkptDirOpt = Annotated[Path | None, _Opt("--checkpoint-dir", help="Checkpoint directory (default RUN_DIR/checkpoints).")]
+ResumeOpt = Annotated[
+    bool, _Opt("--resume", help="Continue RUN_DIR from its newest good checkpoint (same data order).")
+]
 
 
 def train(
@@ -141,6 +148,9 @@ def train(
     log_every: LogOpt = None,
     plan: PlanOpt = None,
     progress: ProgressOpt = True,
+    checkpoint_every: CkptEveryOpt = None,
+    checkpoint_dir: CkptDirOpt = None,
+    resume: ResumeOpt = False,
 ) -> None:
     """Train a model on a store (--data) or synthetic data (--synthetic); report AUC, log loss, NE."""
     from recstack.spec import load_config
@@ -160,6 +170,8 @@ def train(
         raise ConfigError(f"--nproc must be >= 1, got {nproc}")
     if samples is not None and not synthetic:
         raise ConfigError("--samples applies to --synthetic only")
+    if checkpoint_every is not None and checkpoint_every < 1:
+        raise ConfigError(f"--checkpoint-every must be >= 1, got {checkpoint_every}")
     device = check_device(device, nproc)
     spec, ts = load_config(config, scale)
     upd: dict[str, Any] = {}
@@ -191,7 +203,8 @@ def train(
             _synth_data(spec, data, n, ts.seed, config, scale, progress)
     extra = {"config": config, "scale": scale, "synthetic": synthetic}
     summary = run_train(spec, ts, data, out, device=device, backend=backend, progress=progress, nproc=nproc,
-                        plan=plan_map, log_every=log_every, extra=extra)
+                        plan=plan_map, log_every=log_every, extra=extra, checkpoint_every=checkpoint_every,
+                        checkpoint_dir=checkpoint_dir, resume=resume)
     if summary:
         print_result(summary, out)
 

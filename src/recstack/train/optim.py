@@ -46,6 +46,9 @@ class SparseSGD:
     def state_dict(self) -> dict:
         return {}
 
+    def load_state_dict(self, state: dict) -> None:  # stateless
+        pass
+
 
 class RowWiseAdagrad:
     """Row-wise Adagrad: one accumulator per embedding row (mean of the squared row gradient).
@@ -87,6 +90,13 @@ class RowWiseAdagrad:
     def state_dict(self) -> dict:
         return {"state": [s.clone() for s in self.state]}
 
+    def load_state_dict(self, state: dict) -> None:
+        saved = state["state"]
+        if len(saved) != len(self.state) or any(a.shape != b.shape for a, b in zip(saved, self.state)):
+            raise ValueError("row-wise Adagrad state does not match the tables")
+        for mine, theirs in zip(self.state, saved):
+            mine.copy_(theirs)
+
 
 class DenseOptimizer:
     """torch's SGD or Adagrad over the MLP parameters, with the rate set per step."""
@@ -117,6 +127,11 @@ class DenseOptimizer:
 
     def state_dict(self) -> dict:
         return self.opt.state_dict() if self.opt is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.opt is not None:
+            self.opt.load_state_dict(state)
+            self._lr = self.opt.param_groups[0]["lr"]
 
 
 def sparse_optimizer(params: Iterable[torch.Tensor], ts: TrainSpec) -> SparseSGD | RowWiseAdagrad:

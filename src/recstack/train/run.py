@@ -3,8 +3,10 @@ and write the run directory from rank 0."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -17,6 +19,7 @@ import torch.distributed as dist
 from recstack.data.store import Store
 from recstack.errors import ConfigError, DataError, RecstackError
 from recstack.spec import ModelSpec, TrainSpec
+from recstack.train.checkpoint import BackgroundSaver, CheckpointStore
 from recstack.train.dist import DistInfo, init_group, place_tables, shutdown_group, under_torchrun
 from recstack.train.rundir import PLOT, SUMMARY, RunDir, plot_learning_curve
 from recstack.train.schedule import lr_at
@@ -34,6 +37,10 @@ class RunOptions:
     eval_samples: int | None = None  # cap on val samples per periodic evaluation (final test: all)
     progress: bool = True
     plan: dict[str, int] | None = None
+    checkpoint_every: int | None = None  # steps between full checkpoints (None: no checkpoints)
+    checkpoint_dir: str | None = None  # default: RUN_DIR/checkpoints
+    keep_checkpoints: int = 3
+    resume: bool = False  # continue from the newest good checkpoint
     extra: dict[str, Any] = field(default_factory=dict)  # recorded in config.yaml only
 
 
@@ -105,6 +112,50 @@ def _eval_split(store: Store, prefer: tuple[str, ...]) -> str | None:
     return None
 
 
+# ---------------------------------------------------------------- checkpoints and resume
+def _checkpointing(
+    trainer: Trainer, store: Store, out: Path | None, options: RunOptions, steps: int
+) -> tuple[CheckpointStore | None, int, dict[str, Any] | None]:
+    """(checkpoint store or None, first step to run, what was resumed or None).
+
+    With `options.resume`, the newest checkpoint that verifies is loaded into `trainer` (torn or
+    corrupt ones are skipped, each reason printed); with none, the run starts from step 0.
+    """
+    if options.checkpoint_every is not None and options.checkpoint_every < 1:
+        raise ConfigError(f"--checkpoint-every must be >= 1, got {options.checkpoint_every}")
+    if not options.checkpoint_every and not options.resume:
+        return None, 0, None
+    if trainer.world.world_size > 1:
+        raise ConfigError("--checkpoint-every / --resume: single-process runs only for now (use --nproc 1)")
+    if options.checkpoint_dir is not None:
+        root = Path(options.checkpoint_dir)
+    elif out is not None:
+        root = out / "checkpoints"
+    else:
+        raise ConfigError("--checkpoint-every / --resume need a run directory (--out) or --checkpoint-dir")
+    ckpt = CheckpointStore(root, keep=options.keep_checkpoints)
+    if not options.resume:
+        return ckpt, 0, None
+    ckpt.clean()  # hidden leftovers of a write that was interrupted
+    got = ckpt.load_latest(on_skip=lambda why: print(f"resume: skipping a checkpoint: {why}", file=sys.stderr))
+    resumed: dict[str, Any] = {"step": 0, "checkpoint": None, "skipped": list(ckpt.skipped)}
+    if got is None:
+        print(f"resume: no good checkpoint in {root}; starting from step 0", file=sys.stderr)
+        return ckpt, 0, resumed
+    info, parts = got
+    want = {"model": trainer.spec.name, "seed": trainer.ts.seed, "batch_size": trainer.ts.batch_size}
+    for key, value in want.items():
+        if key in info.meta and info.meta[key] != value:
+            raise ConfigError(
+                f"{info.path}: checkpoint was written with {key}={info.meta[key]!r}, this run has {key}={value!r}"
+            )
+    trainer.load_state_dict(parts["trainer"])
+    if trainer.step_count > steps:
+        raise ConfigError(f"{info.path}: checkpoint is at step {trainer.step_count}, past this run's {steps} steps")
+    resumed.update(step=trainer.step_count, checkpoint=info.path.name)
+    return ckpt, trainer.step_count, resumed
+
+
 # ---------------------------------------------------------------- the loop
 def fit(trainer: Trainer, store: Store, out: Path | None, options: RunOptions) -> dict[str, Any]:
     """Train for ts.steps (default one epoch), evaluate, and (rank 0) write the run directory."""
@@ -116,12 +167,16 @@ def fit(trainer: Trainer, store: Store, out: Path | None, options: RunOptions) -
     val_split = _eval_split(store, ("val",))
     final_split = _eval_split(store, ("test", "val")) or "train"
     teacher = teacher_auc_of(store, final_split)
+    ckpt, start, resumed = _checkpointing(trainer, store, out, options, steps)
     rd = RunDir(out) if (out is not None and main) else None
     if rd is not None:
         opts = {**asdict(options), "steps": steps, "world_size": world.world_size, "data": str(store.path)}
         opts.pop("extra")
         opts.update(options.extra)
-        rd.start(trainer.spec, ts, opts)
+        rd.start(trainer.spec, ts, opts, resume_step=start if resumed is not None else None)
+    saver = BackgroundSaver(ckpt) if ckpt is not None and options.checkpoint_every else None
+    ckpt_meta = {"model": trainer.spec.name, "seed": ts.seed, "batch_size": ts.batch_size, "steps": steps,
+                 "data": str(store.path)}
 
     progress = None
     if main and options.progress and _is_tty():
@@ -132,7 +187,7 @@ def fit(trainer: Trainer, store: Store, out: Path | None, options: RunOptions) -
             TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
             TimeRemainingColumn(), transient=True, console=Console(stderr=True),
         )
-        task = progress.add_task("train", total=steps, info="")
+        task = progress.add_task("train", total=steps, completed=start, info="")
         progress.start()
 
     t_start = time.perf_counter()
@@ -146,12 +201,14 @@ def fit(trainer: Trainer, store: Store, out: Path | None, options: RunOptions) -
     batches = None
     try:
         t0 = time.perf_counter()
-        batches = prefetch(train_batches(store, ts, steps, ts.seed), trainer.prepare)
+        batches = prefetch(train_batches(store, ts, steps, ts.seed, start), trainer.prepare)
         for inp in batches:
             acc += trainer.step(inp)
             acc_n += 1
             samples += inp.global_batch
             step = trainer.step_count
+            if saver is not None and step % options.checkpoint_every == 0 and step < steps:  # type: ignore[operator]
+                saver.submit(step, {"trainer": trainer.state_dict()}, meta=ckpt_meta)
             is_eval = step % eval_every == 0 or step == steps
             if step % log_every == 0 or step == steps or is_eval:
                 tot = acc.detach().clone()
@@ -184,11 +241,16 @@ def fit(trainer: Trainer, store: Store, out: Path | None, options: RunOptions) -
                 if rd is not None:
                     rd.log({k: v for k, v in evals[-1].items() if k != "auc_per_task"})
         final = trainer.evaluate(store, final_split)
+        if saver is not None:
+            saver.close()
     finally:
         if batches is not None:
             batches.close()  # stops the loader thread on errors and Ctrl-C too
         if progress is not None:
             progress.stop()
+        if saver is not None:
+            with contextlib.suppress(Exception):
+                saver.wait()  # a write in flight is finished (or fails) before we leave
     seconds = time.perf_counter() - t_start
     if not main:
         return {}
@@ -219,6 +281,16 @@ def fit(trainer: Trainer, store: Store, out: Path | None, options: RunOptions) -
     }
     if "auc_per_task" in final:
         summary["auc_per_task"] = final["auc_per_task"]
+    if resumed is not None:
+        summary["resumed"] = resumed
+    if saver is not None:
+        st = saver.stats
+        summary["checkpoints"] = {
+            "every": options.checkpoint_every, "saves": st["saves"], "bytes": st["bytes"],
+            "blocked_s": st["blocked_s"] + st["snapshot_s"], "write_s": st["write_s"],
+            "blocked_fraction": (st["blocked_s"] + st["snapshot_s"]) / seconds if seconds > 0 else None,
+            "dir": str(ckpt.root) if ckpt is not None else None,
+        }
     if rd is not None:
         rd.log({"kind": final_split if final_split != "val" else "final", "step": trainer.step_count,
                 **{k: v for k, v in final.items() if k != "auc_per_task"}})
@@ -252,6 +324,9 @@ def train(
     log_every: int | None = None,
     eval_samples: int | None = None,
     extra: dict[str, Any] | None = None,
+    checkpoint_every: int | None = None,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Train `spec` on a store and return the summary (also written to `out`/summary.json).
 
@@ -260,6 +335,10 @@ def train(
     """
     if nproc < 1:
         raise ConfigError(f"--nproc must be >= 1, got {nproc}")
+    if checkpoint_every is not None and checkpoint_every < 1:
+        raise ConfigError(f"--checkpoint-every must be >= 1, got {checkpoint_every}")
+    if (checkpoint_every or resume) and (nproc > 1 or dist_world() > 1):
+        raise ConfigError("--checkpoint-every / --resume: single-process runs only for now (use --nproc 1)")
     device = check_device(device, nproc)
     store = data if isinstance(data, Store) else Store(data)
     check_store(spec, store)
@@ -267,7 +346,9 @@ def train(
         raise ConfigError(f"family: unknown model family {spec.family!r}")
     place_tables(spec.tables, nproc if not under_torchrun() else dist_world(), plan)  # validates the plan
     opts = RunOptions(backend=backend, device=device, nproc=nproc, log_every=log_every,
-                      eval_samples=eval_samples, progress=progress, plan=plan, extra=dict(extra or {}))
+                      eval_samples=eval_samples, progress=progress, plan=plan, extra=dict(extra or {}),
+                      checkpoint_every=checkpoint_every, resume=resume,
+                      checkpoint_dir=str(checkpoint_dir) if checkpoint_dir is not None else None)
     out_p = Path(out) if out is not None else None
     if out_p is not None and int(os.environ.get("RANK", "0")) == 0:
         (out_p / SUMMARY).unlink(missing_ok=True)  # an earlier run's result must not outlive a failed one

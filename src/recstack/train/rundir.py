@@ -7,6 +7,7 @@ so a directory with a summary.json always holds a finished run.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -37,12 +38,19 @@ class RunDir:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
 
-    def start(self, spec: ModelSpec, ts: TrainSpec, options: dict[str, Any]) -> None:
-        """Create the directory, drop results of an earlier run, write config.yaml."""
+    def start(self, spec: ModelSpec, ts: TrainSpec, options: dict[str, Any], resume_step: int | None = None) -> None:
+        """Create the directory, drop results of an earlier run, write config.yaml.
+
+        With `resume_step`, the metrics of the earlier run up to that step are kept (later rows
+        are dropped: the resumed run logs them again).
+        """
         self.path.mkdir(parents=True, exist_ok=True)
+        kept = [r for r in self.rows() if int(r.get("step", 0)) <= resume_step] if resume_step is not None else []
         for name in (SUMMARY, METRICS, PLOT):
             with contextlib.suppress(FileNotFoundError):
                 (self.path / name).unlink()
+        if kept:
+            atomic_write_text(self.path / METRICS, "".join(json.dumps(r) + "\n" for r in kept))
         doc = {"model": spec.model_dump(), "train": ts.model_dump(), "options": _clean(options)}
         atomic_write_text(self.path / CONFIG, yaml.safe_dump(doc, sort_keys=False))
 

@@ -134,6 +134,35 @@ class Trainer:
         self.step_count = 0
         self._emb_lr: float | None = lr_at(0, ts) if self.fused else None
 
+    # ------------------------------------------------------------ checkpoint state
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs to continue bit for bit: weights, optimiser state, step."""
+        return {
+            "model": self.model.state_dict(),
+            "dense_opt": self.dense_opt.state_dict(),
+            "sparse_opt": self.sparse_opt.state_dict() if self.sparse_opt is not None else {},
+            "step": self.step_count,
+            "world_size": self.world.world_size,
+            "rank": self.world.rank,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if int(state.get("world_size", 1)) != self.world.world_size or int(state.get("rank", 0)) != self.world.rank:
+            raise ConfigError(
+                f"checkpoint is of rank {state.get('rank')} of {state.get('world_size')} processes; this is rank "
+                f"{self.world.rank} of {self.world.world_size}"
+            )
+        try:
+            self.model.load_state_dict(state["model"])
+            self.dense_opt.load_state_dict(state["dense_opt"])
+            if self.sparse_opt is not None:
+                self.sparse_opt.load_state_dict(state["sparse_opt"])
+        except (KeyError, RuntimeError, ValueError) as e:
+            raise ConfigError(f"checkpoint does not fit this model and optimiser: {e}") from None
+        self.step_count = int(state["step"])
+        if self.fused:
+            self._emb_lr = None  # set again from the schedule on the next step
+
     # ------------------------------------------------------------ inputs
     def prepare(self, batch: Batch) -> StepInput:
         """Cut a global batch down to this rank's share (runs in the loader thread)."""
@@ -269,22 +298,27 @@ class Trainer:
 
 
 # ---------------------------------------------------------------- data loop
-def train_batches(store: Store, ts: TrainSpec, steps: int, seed: int) -> Iterator[Batch]:
-    """`steps` shuffled full batches of the train split, reshuffled (seed + epoch) every epoch."""
+def train_batches(store: Store, ts: TrainSpec, steps: int, seed: int, start: int = 0) -> Iterator[Batch]:
+    """Batches `start`..`steps`-1 of the training stream: shuffled full batches of the train split,
+    reshuffled (seed + epoch) every epoch. The stream is a pure function of the seed, so a run
+    resumed at step `start` sees exactly the batches the uninterrupted run would have."""
     per_epoch = store.num_batches("train", ts.batch_size, drop_last=True)
     if per_epoch == 0:
         lo, hi = store.split_range("train")
         raise DataError(
             f"{store.path}: train split has {hi - lo} samples, fewer than batch size {ts.batch_size}"
         )
-    done, epoch = 0, 0
+    done, epoch = start, start // per_epoch
+    skip = start % per_epoch
     while done < steps:
-        for batch in store.batches("train", ts.batch_size, shuffle=True, seed=seed + epoch, drop_last=True):
+        for batch in store.batches("train", ts.batch_size, shuffle=True, seed=seed + epoch, drop_last=True,
+                                   start=skip):
             yield batch
             done += 1
             if done >= steps:
                 return
         epoch += 1
+        skip = 0
 
 
 def prefetch(it: Iterator[Any], fn: Callable[[Any], Any], depth: int = 3) -> Iterator[Any]:

@@ -1,0 +1,157 @@
+"""Checkpointed training: a killed and resumed run ends exactly where an uninterrupted one does."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from recstack.errors import ConfigError
+from recstack.spec import TrainSpec
+from recstack.train import CheckpointStore, Trainer, train
+from recstack.train.trainer import train_batches
+from tests.train.helpers import make_store, tiny_spec
+
+STEPS = 60
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    spec = tiny_spec()
+    path = make_store(tmp_path_factory.mktemp("resume") / "store", spec, n=3000)
+    return spec, path
+
+
+def _ts(optimizer: str = "adagrad") -> TrainSpec:
+    return TrainSpec(optimizer=optimizer, lr=0.05, batch_size=64, steps=STEPS, seed=3, eval_every=25)
+
+
+def _run(spec, path, out, optimizer="adagrad", **kw):
+    return train(spec, _ts(optimizer), path, out, progress=False, **kw)
+
+
+def test_train_batches_resume_at_any_step(data):
+    from recstack.data import Store
+
+    _, path = data
+    store = Store(path)
+    ts = _ts()
+    per_epoch = store.num_batches("train", ts.batch_size, drop_last=True)
+    full = [b.labels for b in train_batches(store, ts, 2 * per_epoch + 3, ts.seed)]
+    for start in (0, 5, per_epoch, per_epoch + 1, 2 * per_epoch + 2):
+        tail = [b.labels for b in train_batches(store, ts, 2 * per_epoch + 3, ts.seed, start)]
+        assert len(tail) == len(full) - start
+        assert all(torch.equal(a, b) for a, b in zip(tail, full[start:]))
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adagrad"])
+def test_resume_from_a_middle_checkpoint_equals_uninterrupted(data, tmp_path, optimizer):
+    spec, path = data
+    plain = _run(spec, path, tmp_path / "plain", optimizer)
+    ck = _run(spec, path, tmp_path / "ck", optimizer, checkpoint_every=20)
+    store = CheckpointStore(tmp_path / "ck" / "checkpoints")
+    assert [c.step for c in store.checkpoints()] == [20, 40]
+    assert ck["checkpoints"]["saves"] == 2 and ck["checkpoints"]["bytes"] == sum(c.bytes for c in store.checkpoints())
+    assert ck["auc"] == plain["auc"] and ck["logloss"] == plain["logloss"]  # checkpointing changes nothing
+    # Lose the newest checkpoint and the result: a crash right after step 20 was saved.
+    import shutil
+
+    shutil.rmtree(store.checkpoints()[-1].path)
+    (tmp_path / "ck" / "summary.json").unlink()
+    res = _run(spec, path, tmp_path / "ck", optimizer, resume=True, checkpoint_every=20)
+    assert res["resumed"]["step"] == 20 and res["resumed"]["checkpoint"] == "step-00000020-full"
+    assert res["steps"] == STEPS
+    assert res["auc"] == pytest.approx(plain["auc"], abs=1e-6)
+    assert res["logloss"] == pytest.approx(plain["logloss"], abs=1e-6)
+    rows = [json.loads(x) for x in (tmp_path / "ck" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in rows if r["kind"] == "train"]
+    assert steps == sorted(steps) and len(steps) == len(set(steps))  # no duplicated rows after resume
+
+
+def test_resume_skips_a_corrupt_checkpoint_and_names_it(data, tmp_path, capsys):
+    spec, path = data
+    plain = _run(spec, path, tmp_path / "plain")
+    _run(spec, path, tmp_path / "ck", checkpoint_every=20)
+    newest = CheckpointStore(tmp_path / "ck" / "checkpoints").checkpoints()[-1]
+    victim = newest.path / "trainer.pt"
+    raw = bytearray(victim.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    victim.write_bytes(bytes(raw))
+    res = _run(spec, path, tmp_path / "ck", resume=True)
+    assert res["resumed"]["step"] == 20 and str(victim) in res["resumed"]["skipped"][0]
+    assert str(victim) in capsys.readouterr().err
+    assert res["auc"] == pytest.approx(plain["auc"], abs=1e-6)
+
+
+def test_resume_without_checkpoints_starts_over_and_bad_combinations(data, tmp_path):
+    spec, path = data
+    res = _run(spec, path, tmp_path / "fresh", resume=True)
+    assert res["resumed"] == {"step": 0, "checkpoint": None, "skipped": []} and res["steps"] == STEPS
+    with pytest.raises(ConfigError, match="single-process"):
+        _run(spec, path, tmp_path / "x", nproc=2, checkpoint_every=10)
+    with pytest.raises(ConfigError, match="checkpoint-every must be >= 1"):
+        _run(spec, path, tmp_path / "x", checkpoint_every=0)
+    _run(spec, path, tmp_path / "other", checkpoint_every=30)
+    ts = _ts().model_copy(update={"seed": 4})
+    with pytest.raises(ConfigError, match="seed=3.*seed=4"):
+        train(spec, ts, path, tmp_path / "other", progress=False, resume=True)
+
+
+def test_trainer_state_roundtrip_is_exact(data):
+    spec, _ = data
+    a = Trainer(spec, _ts())
+    b = Trainer(spec, _ts().model_copy(update={"seed": 9}))
+    a.step_count = 17
+    b.load_state_dict(a.state_dict())
+    assert b.step_count == 17
+    for (n, p), q in zip(a.model.state_dict().items(), b.model.state_dict().values()):
+        assert torch.equal(p, q), n
+
+
+_KILLED_RUN = textwrap.dedent("""
+    import sys
+    from recstack.spec import TrainSpec
+    from recstack.train import train
+    from tests.train.helpers import tiny_spec
+    spec = tiny_spec()
+    ts = TrainSpec(optimizer="adagrad", lr=0.05, batch_size=64, steps=int(sys.argv[3]), seed=3, eval_every=25)
+    train(spec, ts, sys.argv[1], sys.argv[2], progress=False, checkpoint_every=int(sys.argv[4]))
+""")
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_resume_matches_uninterrupted(data, tmp_path):
+    """A real crash: the training process is SIGKILLed while checkpoints are being written."""
+    spec, path = data
+    steps = 800  # long enough that the kill lands mid-run (one epoch is 37 steps: many epochs)
+    plain = train(spec, _ts().model_copy(update={"steps": steps}), path, tmp_path / "plain", progress=False)
+    out = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    p = subprocess.Popen([sys.executable, "-c", _KILLED_RUN, str(path), str(out), str(steps), "7"], env=env)
+    ckdir = out / "checkpoints"
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and p.poll() is None:
+            done = [d for d in ckdir.glob("step-*-full")] if ckdir.exists() else []
+            if len(done) >= 2:
+                break
+            time.sleep(0.002)
+        os.kill(p.pid, signal.SIGKILL)
+    finally:
+        p.wait(timeout=60)
+    assert p.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (out / "summary.json").exists()
+    res = train(spec, _ts().model_copy(update={"steps": steps}), path, out, progress=False, resume=True,
+                checkpoint_every=7)
+    assert res["resumed"]["step"] >= 7 and res["steps"] == steps
+    assert res["auc"] == pytest.approx(plain["auc"], abs=1e-6)
+    assert res["logloss"] == pytest.approx(plain["logloss"], abs=1e-6)
+    assert not [d for d in ckdir.iterdir() if d.name.startswith(".")]  # torn writes cleaned up
