@@ -69,6 +69,27 @@ class CheckpointInfo:
         return [name[:-3] for name in self.files if name.endswith(".pt")]
 
 
+class _HashingWriter:
+    """A binary file that hashes what goes through it: the checksum costs no second read."""
+
+    def __init__(self, path: Path) -> None:
+        self._f = open(path, "wb")  # noqa: SIM115 -- closed by close()
+        self._h = hashlib.sha256()
+        self.bytes = 0
+
+    def write(self, data: bytes | memoryview) -> int:
+        self._h.update(data)
+        self.bytes += len(data)
+        return self._f.write(data)
+
+    def flush(self) -> None:
+        self._f.flush()
+
+    def close(self) -> str:
+        self._f.close()
+        return self._h.hexdigest()
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -124,8 +145,14 @@ class CheckpointStore:
         with atomic_dir(dest) as tmp:
             for name, obj in parts.items():
                 f = tmp / f"{name}.pt"
-                torch.save(obj, f)
-                files[f.name] = {"bytes": f.stat().st_size, "sha256": _sha256(f)}
+                w = _HashingWriter(f)
+                try:
+                    torch.save(obj, w)  # type: ignore[arg-type]
+                finally:
+                    digest = w.close()
+                if f.stat().st_size != w.bytes:  # the writer saw every byte (no seek-and-patch)
+                    digest = _sha256(f)
+                files[f.name] = {"bytes": f.stat().st_size, "sha256": digest}
             manifest = {"format": FORMAT, "step": step, "kind": kind, "created": time.time(),
                         "meta": meta or {}, "files": files}
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, default=str) + "\n")
