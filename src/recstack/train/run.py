@@ -21,6 +21,8 @@ from recstack.errors import ConfigError, DataError, RecstackError
 from recstack.spec import ModelSpec, TrainSpec
 from recstack.train.checkpoint import BackgroundSaver, CheckpointStore
 from recstack.train.dist import DistInfo, init_group, place_tables, shutdown_group, under_torchrun
+from recstack.train.failures import CostModel, FailureModel
+from recstack.train.recovery import RecoveryEmulator, RecoverySpec
 from recstack.train.rundir import PLOT, SUMMARY, RunDir, plot_learning_curve
 from recstack.train.schedule import lr_at
 from recstack.train.trainer import Trainer, _is_tty, default_eval_every, prefetch, train_batches
@@ -41,6 +43,7 @@ class RunOptions:
     checkpoint_dir: str | None = None  # default: RUN_DIR/checkpoints
     keep_checkpoints: int = 3
     resume: bool = False  # continue from the newest good checkpoint
+    recovery: dict[str, Any] | None = None  # RecoverySpec fields: emulated failures and recovery policy
     extra: dict[str, Any] = field(default_factory=dict)  # recorded in config.yaml only
 
 
@@ -156,6 +159,30 @@ def _checkpointing(
     return ckpt, trainer.step_count, resumed
 
 
+def _recovery(trainer: Trainer, store: Store, options: RunOptions, steps: int, start: int) -> RecoveryEmulator | None:
+    """The failure/recovery emulator for `options.recovery`, or None when not asked for."""
+    if not options.recovery or options.recovery.get("policy", "none") == "none":
+        return None
+    if start:
+        raise ConfigError("--recovery with --resume: the emulation runs from step 0 (start a new run directory)")
+    rs = dict(options.recovery)
+    cost = CostModel(**rs.pop("cost", {}))
+    failures = rs.pop("failures_file", None)
+    mtbf = rs.pop("mtbf_s", None)
+    seed = int(rs.get("seed", trainer.ts.seed))
+    fm = FailureModel.from_file(failures, seed) if failures else FailureModel(mtbf_s=mtbf or cost.mtbf_s, seed=seed)
+    if mtbf:
+        cost = CostModel(**{**cost.__dict__, "mtbf_s": mtbf})
+    spec = RecoverySpec(**{**rs, "seed": seed}, failures=fm, cost=cost)
+    ts = trainer.ts
+
+    def replay(first: int, last: int) -> None:
+        for inp in train_batches(store, ts, last, ts.seed, first):
+            trainer.step(trainer.prepare(inp))
+
+    return RecoveryEmulator(trainer, spec, steps, replay)
+
+
 # ---------------------------------------------------------------- the loop
 def fit(trainer: Trainer, store: Store, out: Path | None, options: RunOptions) -> dict[str, Any]:
     """Train for ts.steps (default one epoch), evaluate, and (rank 0) write the run directory."""
@@ -175,6 +202,7 @@ def fit(trainer: Trainer, store: Store, out: Path | None, options: RunOptions) -
         opts.update(options.extra)
         rd.start(trainer.spec, ts, opts, resume_step=start if resumed is not None else None)
     saver = BackgroundSaver(ckpt) if ckpt is not None and options.checkpoint_every else None
+    emu = _recovery(trainer, store, options, steps, start)
     ckpt_meta = {"model": trainer.spec.name, "seed": ts.seed, "batch_size": ts.batch_size, "steps": steps,
                  "data": str(store.path)}
 
@@ -207,6 +235,8 @@ def fit(trainer: Trainer, store: Store, out: Path | None, options: RunOptions) -
             acc_n += 1
             samples += inp.global_batch
             step = trainer.step_count
+            if emu is not None:
+                emu.after_step(step, inp)
             if saver is not None and step % options.checkpoint_every == 0 and step < steps:  # type: ignore[operator]
                 saver.submit(step, {"trainer": trainer.state_dict()}, meta=ckpt_meta)
             is_eval = step % eval_every == 0 or step == steps
@@ -283,6 +313,8 @@ def fit(trainer: Trainer, store: Store, out: Path | None, options: RunOptions) -
         summary["auc_per_task"] = final["auc_per_task"]
     if resumed is not None:
         summary["resumed"] = resumed
+    if emu is not None:
+        summary["recovery"] = emu.report()
     if saver is not None:
         st = saver.stats
         summary["checkpoints"] = {
@@ -327,6 +359,7 @@ def train(
     checkpoint_every: int | None = None,
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
+    recovery: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train `spec` on a store and return the summary (also written to `out`/summary.json).
 
@@ -348,7 +381,10 @@ def train(
     opts = RunOptions(backend=backend, device=device, nproc=nproc, log_every=log_every,
                       eval_samples=eval_samples, progress=progress, plan=plan, extra=dict(extra or {}),
                       checkpoint_every=checkpoint_every, resume=resume,
-                      checkpoint_dir=str(checkpoint_dir) if checkpoint_dir is not None else None)
+                      checkpoint_dir=str(checkpoint_dir) if checkpoint_dir is not None else None,
+                      recovery=dict(recovery) if recovery else None)
+    if recovery and recovery.get("policy", "none") != "none" and (nproc > 1 or dist_world() > 1):
+        raise ConfigError("--recovery: single-process runs only for now (use --nproc 1)")
     out_p = Path(out) if out is not None else None
     if out_p is not None and int(os.environ.get("RANK", "0")) == 0:
         (out_p / SUMMARY).unlink(missing_ok=True)  # an earlier run's result must not outlive a failed one
