@@ -26,12 +26,15 @@ app = typer.Typer(
 def _register() -> None:
     from recstack.data.cli import app as data_app
     from recstack.models.cli import app as models_app
-    from recstack.train.cli import demo, train
+    from recstack.train.cli import cpr_experiment, demo, train
 
     app.add_typer(models_app, name="models", help="Shipped model configs: list and inspect.")
     app.add_typer(data_app, name="data", help="Datasets: synthesise, preprocess Criteo TSV, statistics.")
     app.command("train", help="Train a model on a data store or synthetic data.")(train)
     app.command("demo", help="Synthesise data, train a small DLRM for about a minute, report AUC.")(demo)
+    app.command("cpr-experiment", help="Recovery policies (full, CPR, MFU, SSU) under the same emulated failures.")(
+        cpr_experiment
+    )
 
 
 _register()

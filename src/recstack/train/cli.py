@@ -54,6 +54,18 @@ def print_result(summary: dict[str, Any], out: Path | None, console: Console | N
     t.add_row("train samples/s", f"{sps:,.0f}" if sps else "-")
     t.add_row("processes / backend", f"{summary.get('world_size')} / {summary.get('backend')}")
     t.add_row("wall time", f"{summary.get('seconds', 0):.1f} s")
+    rec = summary.get("recovery")
+    if rec:
+        t.add_row("recovery", f"{rec['policy']} ({rec['mode']}), {rec['emb_nodes']} embedding nodes")
+        t.add_row("emulated failures", f"{rec['failures']} in {rec['job_hours']:g} h")
+        t.add_row("PLS incurred / expected", f"{rec['pls']:.4f} / {rec['expected_pls']:.4f}")
+        t.add_row("checkpoint overhead", f"{rec['overhead_fraction']:.2%}")
+    ck = summary.get("checkpoints")
+    if ck:
+        t.add_row("checkpoints", f"{ck['saves']} x {ck['bytes'] / max(1, ck['saves']) / 2**20:.1f} MiB, "
+                  f"training blocked {ck['blocked_s']:.2f} s")
+    if summary.get("resumed"):
+        t.add_row("resumed from", f"step {summary['resumed']['step']}")
     if out is not None:
         t.add_row("run directory", str(out))
     console.print(t)
@@ -127,6 +139,16 @@ CkptDirOpt = Annotated[Path | None, _Opt("--checkpoint-dir", help="Checkpoint di
 ResumeOpt = Annotated[
     bool, _Opt("--resume", help="Continue RUN_DIR from its newest good checkpoint (same data order).")
 ]
+RecoveryOpt = Annotated[
+    str, _Opt("--recovery", help="Emulated failures and recovery: none, full, cpr, cpr-mfu, cpr-ssu.")
+]
+EmbNodesOpt = Annotated[int, _Opt("--emb-nodes", help="Emulated embedding nodes the tables are sharded over.")]
+MtbfOpt = Annotated[
+    float | None, _Opt("--mtbf", help="Cluster mean time between failures, seconds (default 8 h).")
+]
+FailuresOpt = Annotated[Path | None, _Opt("--failures", help="Failure trace: one 'TIME_S [NODE]' per line.")]
+PlsOpt = Annotated[float, _Opt("--target-pls", help="CPR's target portion of lost samples.")]
+JobHoursOpt = Annotated[float, _Opt("--job-hours", help="Production training time the run stands for.")]
 
 
 def train(
@@ -151,6 +173,12 @@ def train(
     checkpoint_every: CkptEveryOpt = None,
     checkpoint_dir: CkptDirOpt = None,
     resume: ResumeOpt = False,
+    recovery: RecoveryOpt = "none",
+    emb_nodes: EmbNodesOpt = 8,
+    mtbf: MtbfOpt = None,
+    failures: FailuresOpt = None,
+    target_pls: PlsOpt = 0.02,
+    job_hours: JobHoursOpt = 24.0,
 ) -> None:
     """Train a model on a store (--data) or synthetic data (--synthetic); report AUC, log loss, NE."""
     from recstack.spec import load_config
@@ -172,6 +200,17 @@ def train(
         raise ConfigError("--samples applies to --synthetic only")
     if checkpoint_every is not None and checkpoint_every < 1:
         raise ConfigError(f"--checkpoint-every must be >= 1, got {checkpoint_every}")
+    if mtbf is not None and failures is not None:
+        raise ConfigError("give at most one of --mtbf and --failures")
+    if failures is not None and not failures.is_file():
+        raise DataError(f"{failures}: failure trace not found")
+    rec = None
+    if recovery != "none" or mtbf is not None or failures is not None:
+        from recstack.train.recovery import RecoverySpec
+
+        RecoverySpec(policy=recovery, emb_nodes=emb_nodes, target_pls=target_pls, job_hours=job_hours)  # validates
+        rec = {"policy": recovery, "emb_nodes": emb_nodes, "target_pls": target_pls, "job_hours": job_hours,
+               "mtbf_s": mtbf, "failures_file": str(failures) if failures is not None else None}
     device = check_device(device, nproc)
     spec, ts = load_config(config, scale)
     upd: dict[str, Any] = {}
@@ -204,7 +243,7 @@ def train(
     extra = {"config": config, "scale": scale, "synthetic": synthetic}
     summary = run_train(spec, ts, data, out, device=device, backend=backend, progress=progress, nproc=nproc,
                         plan=plan_map, log_every=log_every, extra=extra, checkpoint_every=checkpoint_every,
-                        checkpoint_dir=checkpoint_dir, resume=resume)
+                        checkpoint_dir=checkpoint_dir, resume=resume, recovery=rec)
     if summary:
         print_result(summary, out)
 
@@ -255,3 +294,55 @@ def demo(
 DEMO_SAMPLES = 3_000_000  # the config trains one epoch of the 2.4M-sample train split: 2,343 steps of 1,024
 DEMO_EVAL_SAMPLES = 100_000  # per periodic validation; the final test evaluation uses the whole split
 DEMO_BACKEND = "torch"
+
+
+def cpr_experiment(
+    config: ConfigArg,
+    out: Annotated[Path, _Opt("--out", help="Directory: results.json, cpr_experiment.png, data/.")],
+    seeds: Annotated[int, _Opt("--seeds", help="Seeds (training init and failure draw) per policy.")] = 3,
+    samples: Annotated[int, _Opt("--samples", help="Synthetic samples.")] = 400_000,
+    scale: ScaleOpt = 0.01,
+    steps: StepsOpt = None,
+    batch_size: BatchOpt = None,
+    policies: Annotated[str, _Opt("--policies", help="Comma-separated policies.")] = "full,cpr,cpr-mfu,cpr-ssu",
+    target_pls: PlsOpt = 0.02,
+    pls_sweep: Annotated[str, _Opt("--pls-sweep", help="Comma-separated extra target PLS values for the CPR "
+                                                      "policies, e.g. 0.05,0.1,0.2.")] = "",
+    emb_nodes: EmbNodesOpt = 8,
+    mtbf: MtbfOpt = None,
+    job_hours: JobHoursOpt = 24.0,
+    backend: BackendOpt = "torch",
+    progress: ProgressOpt = True,
+) -> None:
+    """Train one model under no failures, full, cpr, cpr-mfu and cpr-ssu with the same failures; compare."""
+    from recstack.io import atomic_write_json
+    from recstack.spec import load_config
+    from recstack.train.cpr_experiment import PLOT, RESULTS, run_experiment, summarise
+
+    spec, ts = load_config(config, scale)
+    upd = {k: v for k, v in (("steps", steps), ("batch_size", batch_size)) if v is not None}
+    ts = ts.model_validate({**ts.model_dump(), **upd, "eval_every": 10**9})
+    try:
+        sweep = tuple(float(x) for x in pls_sweep.split(",") if x.strip())
+    except ValueError:
+        raise ConfigError(f"--pls-sweep: expected comma-separated numbers, got {pls_sweep!r}") from None
+    pols = tuple(p.strip() for p in policies.split(",") if p.strip())
+    console = _console()
+    data = _synth_data(spec, out / "data", samples, ts.seed, config, scale, progress)
+    rec = {"emb_nodes": emb_nodes, "job_hours": job_hours, "mtbf_s": mtbf}
+    rows = run_experiment(spec, ts, data, out, seeds=seeds, policies=pols, target_pls=target_pls, pls_sweep=sweep,
+                          recovery=rec, backend=backend,
+                          progress=(lambda msg: console.print(msg, highlight=False)) if progress else None)
+    summ = summarise(rows)
+    atomic_write_json(out / "summary.json", summ)
+    t = Table(title=f"{spec.name}: recovery policies over {seeds} seed(s)", box=box.SIMPLE_HEAD)
+    for col in ("policy", "target PLS", "AUC (mean +- std)", "AUC drop", "PLS incurred", "overhead", "bytes written"):
+        t.add_column(col, justify="left" if col == "policy" else "right")
+    for i in summ:
+        t.add_row(
+            i["policy"], f"{i['target_pls']:g}" if i["target_pls"] is not None else "-",
+            f"{i['auc']:.4f} +- {i['auc_std']:.4f}", f"{i.get('auc_drop', 0.0):+.4f}", f"{i['pls']:.4f}",
+            f"{i['overhead_fraction']:.2%}", f"{i['bytes_written'] / 2**20:,.0f} MiB",
+        )
+    console.print(t)
+    console.print(f"rows: {out / RESULTS}; per policy: {out / 'summary.json'}; plot: {out / PLOT}")

@@ -67,6 +67,17 @@ class RecoverySpec:
             raise ConfigError(f"partial_saves must be >= 1, got {self.partial_saves}")
 
 
+def _nbytes(obj: Any) -> int:
+    """Bytes of every tensor in a nested structure (what saving it writes, less framing)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_nbytes(v) for v in obj.values())
+    if isinstance(obj, list | tuple):
+        return sum(_nbytes(v) for v in obj)
+    return 0
+
+
 def node_shards(table_rows: list[int], n: int) -> list[list[tuple[int, int, int]]]:
     """Per node, its (table, row_lo, row_hi) ranges: the concatenated rows split into n equal ranges."""
     total = sum(table_rows)
@@ -127,6 +138,7 @@ class RecoveryEmulator:
         self.partial: list[dict[str, torch.Tensor]] | None = None  # per table: ids, values, state
         self.total_updates = 0
         self.lost_updates = 0
+        self.bytes_written = 0  # what the saves would write: full snapshots and partial rows
         self.events = {"full_saves": 0, "partial_saves": 0, "partial_rows_saved": 0, "failures": 0,
                        "replayed_steps": 0, "restored_rows": 0}
         self.cost_s = {"save": 0.0, "load": 0.0, "reschedule": 0.0, "lost_compute": 0.0}
@@ -162,6 +174,7 @@ class RecoveryEmulator:
         if step > 0:
             self.events["full_saves"] += 1
             self.cost_s["save"] += self.spec.cost.save_s
+            self.bytes_written += _nbytes(self.snapshot)
 
     def _partial_save(self) -> None:
         saved, rows_saved = [], 0
@@ -177,6 +190,7 @@ class RecoveryEmulator:
             self.since[t][ids] = 0
             rows_saved += ids.numel()
         self.partial = saved
+        self.bytes_written += sum(_nbytes(p) for p in saved)
         self.events["partial_saves"] += 1
         self.events["partial_rows_saved"] += rows_saved
         self.cost_s["save"] += self.spec.cost.save_s * rows_saved / sum(self.rows)
@@ -261,6 +275,7 @@ class RecoveryEmulator:
             "expected_pls": (expected_pls(self.interval_s, self.spec.emb_nodes, self.spec.cost.mtbf_s)
                              if self.mode.startswith("cpr") else 0.0),
             "lost_updates": self.lost_updates, "total_updates": self.total_updates,
+            "bytes_written": self.bytes_written,
             "overhead_fraction": overhead_s / total_s, "overhead_s": dict(self.cost_s),
             "estimates": self.estimates, **self.events,
         }
