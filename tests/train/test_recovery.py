@@ -65,5 +65,25 @@ def test_bad_recovery_options(tmp_path):
         train(spec, ts, path, None, progress=False, recovery={"policy": "half"})
     with pytest.raises(ConfigError, match="--emb-nodes"):
         train(spec, ts, path, None, progress=False, recovery={"policy": "cpr", "emb_nodes": 0})
-    with pytest.raises(ConfigError, match="single-process"):
-        train(spec, ts, path, None, progress=False, nproc=2, recovery={"policy": "cpr"})
+
+
+def test_two_processes_restore_only_the_failed_nodes_rows(tmp_path):
+    """With 2 ranks each holding half the tables, a node's failure restores rows on its rank only;
+    the result equals the single-process run with the same failures."""
+    spec = tiny_spec(rows=400)  # 4 tables x 400 rows over 4 emulated nodes: node k = table k
+    path = make_store(tmp_path / "s", spec, n=3000)
+    trace = tmp_path / "fails.txt"
+    trace.write_text("30000 0\n70000 3\n100000 1\n")
+    ts = TrainSpec(optimizer="adagrad", lr=0.05, batch_size=64, steps=80, seed=3, eval_every=1000)
+    rec = {"policy": "cpr", "emb_nodes": 4, "job_hours": 40.0, "failures_file": str(trace), "target_pls": 0.05}
+    one = train(spec, ts, path, None, progress=False, recovery=rec)
+    two = train(spec, ts, path, tmp_path / "two", progress=False, nproc=2, recovery=rec)
+    r1, r2 = one["recovery"], two["recovery"]
+    assert r1["failures"] == r2["failures"] == 3 and r1["mode"] == "cpr"
+    assert r1["lost_updates"] == r2["lost_updates"] > 0 and r1["restored_rows"] == r2["restored_rows"] == 3 * 400
+    assert two["auc"] == pytest.approx(one["auc"], abs=1e-5)
+    assert two["logloss"] == pytest.approx(one["logloss"], abs=1e-5)
+    full = train(spec, ts, path, tmp_path / "full", progress=False, nproc=2, recovery={**rec, "policy": "full"})
+    none = train(spec, ts, path, tmp_path / "none", progress=False, nproc=2)
+    assert full["recovery"]["replayed_steps"] > 0
+    assert full["auc"] == pytest.approx(none["auc"], abs=1e-6)

@@ -98,14 +98,17 @@ class RecoveryEmulator:
 
     def __init__(self, trainer: Any, spec: RecoverySpec, steps: int,
                  replay: Callable[[int, int], Any] | None = None) -> None:
-        if trainer.world.world_size > 1:
-            raise ConfigError("--recovery: single-process runs only for now (use --nproc 1)")
         if trainer.backend == "fbgemm":
             raise ConfigError("--recovery: the fbgemm backend keeps its optimizer state inside FBGEMM; use torch or fused")
         self.tr, self.spec, self.steps, self.replay = trainer, spec, steps, replay
         emb = trainer.model.embeddings
-        self.rows = [t.rows for t in emb.tables]
-        self.shards = node_shards(self.rows, spec.emb_nodes)
+        self.rows = [t.rows for t in emb.tables]  # this process's tables
+        # Emulated nodes shard the rows of ALL tables; in a multi-process run each rank handles
+        # the parts of a failed node's shard that lie in the tables it holds.
+        local = {g: i for i, g in enumerate(trainer.owned)} if trainer.world.world_size > 1 else {
+            i: i for i in range(len(self.rows))}
+        glob = node_shards([t.rows for t in trainer.spec.tables], spec.emb_nodes)
+        self.shards = [[(local[t], lo, hi) for t, lo, hi in node if t in local] for node in glob]
         self.step_s = spec.job_hours * 3600.0 / steps
         cost = spec.cost
         fm = spec.failures or FailureModel(mtbf_s=cost.mtbf_s, seed=spec.seed)
@@ -264,8 +267,15 @@ class RecoveryEmulator:
 
     # ------------------------------------------------------------ report
     def report(self) -> dict[str, Any]:
+        """The run's recovery numbers; in a multi-process run, counts are summed over the ranks."""
         total_s = self.steps * self.step_s
         overhead_s = sum(self.cost_s.values())
+        if self.tr.world.world_size > 1 and torch.distributed.is_initialized():
+            t = torch.tensor([self.lost_updates, self.total_updates, self.bytes_written, self.events["restored_rows"],
+                              self.events["partial_rows_saved"]], dtype=torch.float64)
+            torch.distributed.all_reduce(t)
+            self.lost_updates, self.total_updates, self.bytes_written = int(t[0]), int(t[1]), int(t[2])
+            self.events["restored_rows"], self.events["partial_rows_saved"] = int(t[3]), int(t[4])
         return {
             "policy": self.spec.policy, "mode": self.mode, "emb_nodes": self.spec.emb_nodes,
             "job_hours": self.spec.job_hours, "interval_steps": self.interval, "interval_s": self.interval_s,

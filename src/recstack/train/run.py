@@ -282,6 +282,7 @@ def fit(trainer: Trainer, store: Store, out: Path | None, options: RunOptions) -
             with contextlib.suppress(Exception):
                 saver.wait()  # a write in flight is finished (or fails) before we leave
     seconds = time.perf_counter() - t_start
+    rec_report = emu.report() if emu is not None else None  # every rank: sums counts over ranks
     if not main:
         return {}
     summary: dict[str, Any] = {
@@ -313,8 +314,8 @@ def fit(trainer: Trainer, store: Store, out: Path | None, options: RunOptions) -
         summary["auc_per_task"] = final["auc_per_task"]
     if resumed is not None:
         summary["resumed"] = resumed
-    if emu is not None:
-        summary["recovery"] = emu.report()
+    if rec_report is not None:
+        summary["recovery"] = rec_report
     if saver is not None:
         st = saver.stats
         summary["checkpoints"] = {
@@ -383,8 +384,6 @@ def train(
                       checkpoint_every=checkpoint_every, resume=resume,
                       checkpoint_dir=str(checkpoint_dir) if checkpoint_dir is not None else None,
                       recovery=dict(recovery) if recovery else None)
-    if recovery and recovery.get("policy", "none") != "none" and (nproc > 1 or dist_world() > 1):
-        raise ConfigError("--recovery: single-process runs only for now (use --nproc 1)")
     out_p = Path(out) if out is not None else None
     if out_p is not None and int(os.environ.get("RANK", "0")) == 0:
         (out_p / SUMMARY).unlink(missing_ok=True)  # an earlier run's result must not outlive a failed one
