@@ -121,37 +121,47 @@ _KILLED_RUN = textwrap.dedent("""
     from recstack.spec import TrainSpec
     from recstack.train import train
     from tests.train.helpers import tiny_spec
-    spec = tiny_spec()
+    spec = tiny_spec(rows=100_000, dim=8)
     ts = TrainSpec(optimizer="adagrad", lr=0.05, batch_size=64, steps=int(sys.argv[3]), seed=3, eval_every=25)
     train(spec, ts, sys.argv[1], sys.argv[2], progress=False, checkpoint_every=int(sys.argv[4]))
 """)
 
 
 @pytest.mark.slow
-def test_sigkill_mid_run_then_resume_matches_uninterrupted(data, tmp_path):
-    """A real crash: the training process is SIGKILLed while checkpoints are being written."""
-    spec, path = data
-    steps = 800  # long enough that the kill lands mid-run (one epoch is 37 steps: many epochs)
-    plain = train(spec, _ts().model_copy(update={"steps": steps}), path, tmp_path / "plain", progress=False)
+def test_sigkill_during_a_checkpoint_write_then_resume_matches_uninterrupted(tmp_path):
+    """A real crash: SIGKILL while a checkpoint is being written (its hidden temporary directory
+    exists), then --resume: the torn checkpoint is ignored and removed, the run continues from the
+    last complete one and ends exactly where an uninterrupted run ends."""
+    spec = tiny_spec(rows=100_000, dim=8)  # 15 MB checkpoints: each write takes a while
+    path = make_store(tmp_path / "store", spec, n=3000)
+    steps = 400
+    ts = _ts().model_copy(update={"steps": steps})
+    plain = train(spec, ts, path, tmp_path / "plain", progress=False)
     out = tmp_path / "killed"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    p = subprocess.Popen([sys.executable, "-c", _KILLED_RUN, str(path), str(out), str(steps), "7"], env=env)
+    p = subprocess.Popen([sys.executable, "-c", _KILLED_RUN, str(path), str(out), str(steps), "5"], env=env)
     ckdir = out / "checkpoints"
+    torn: list[Path] = []
     try:
         deadline = time.time() + 120
         while time.time() < deadline and p.poll() is None:
-            done = [d for d in ckdir.glob("step-*-full")] if ckdir.exists() else []
-            if len(done) >= 2:
-                break
-            time.sleep(0.002)
-        os.kill(p.pid, signal.SIGKILL)
+            if ckdir.exists() and list(ckdir.glob("step-*-full")):
+                torn = [d for d in ckdir.iterdir() if d.name.startswith(".step-")]
+                if torn:
+                    os.kill(p.pid, signal.SIGKILL)  # a write is in flight right now
+                    break
+            time.sleep(0.0005)
     finally:
+        if p.poll() is None and not torn:
+            p.kill()
         p.wait(timeout=60)
-    assert p.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert torn and p.returncode == -signal.SIGKILL, "could not catch a checkpoint write in flight"
     assert not (out / "summary.json").exists()
-    res = train(spec, _ts().model_copy(update={"steps": steps}), path, out, progress=False, resume=True,
-                checkpoint_every=7)
-    assert res["resumed"]["step"] >= 7 and res["steps"] == steps
+    complete = CheckpointStore(ckdir).checkpoints()
+    assert complete and all(not c.path.name.startswith(".") for c in complete)
+    res = train(spec, ts, path, out, progress=False, resume=True, checkpoint_every=5)
+    assert res["resumed"]["checkpoint"] == complete[-1].path.name  # the newest complete one
+    assert res["steps"] == steps
     assert res["auc"] == pytest.approx(plain["auc"], abs=1e-6)
     assert res["logloss"] == pytest.approx(plain["logloss"], abs=1e-6)
-    assert not [d for d in ckdir.iterdir() if d.name.startswith(".")]  # torn writes cleaned up
+    assert not [d for d in ckdir.iterdir() if d.name.startswith(".")]  # the torn write was cleaned up
