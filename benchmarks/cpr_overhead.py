@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
 
 import torch
+from _machine import cpu_facts
 
 from recstack.data.synth import synthesize
 from recstack.spec import load_config
@@ -54,8 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     if not (data / "meta.json").exists():
         synthesize(spec, data, args.samples, seed=ts.seed, config_name=args.config)
-    log(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} "
-        f"threads; data: {args.config}, {args.samples:,} samples ({time.perf_counter() - t0:.0f} s)")
+    mach = cpu_facts()
+    log(f"machine: {mach['cpu']}, {mach['cores']} cores, {mach['platform']}; torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads; data: {args.config}, {args.samples:,} samples ({time.perf_counter() - t0:.0f} s)")
     log(f"emulation: {args.emb_nodes} embedding nodes, {args.job_hours:g} h of production training, MTBF 8 h, "
         f"save 60 s, load 300 s, reschedule 300 s; target PLS {args.target_pls}; {args.seeds} seeds")
     sweep = tuple(float(x) for x in args.pls_sweep.split(",") if x.strip())

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -26,6 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _machine import cpu_facts
 
 from recstack.data.criteo import REFERENCE_MB_PER_S, format_criteo_lines, preprocess_criteo
 
@@ -35,20 +35,7 @@ KAGGLE_ROWS = [1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683
 
 
 def machine() -> dict[str, object]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count() or 1
-    return {"cpu": cpu, "cores": usable, "python": platform.python_version(), "numpy": np.__version__,
-            "platform": platform.platform()}
+    return {**cpu_facts(), "numpy": np.__version__}
 
 
 def _peak_rss_mb() -> float | None:

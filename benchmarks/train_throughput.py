@@ -47,18 +47,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from _machine import cpu_facts
 
 from recstack.data.batch import Batch, SparseBatch
 from recstack.models import mlp as mlp_module
@@ -92,27 +91,11 @@ _REF_LINE = re.compile(r"Finished training it (\d+)/(\d+) of epoch \d+, ([0-9.]+
 
 # ---------------------------------------------------------------- machine and GEMM peak
 def machine() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    flags: set[str] = set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and cpu in ("", platform.machine(), platform.processor()):
-                cpu = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count() or 1
+    """cpu_facts() plus torch's version, threads, BLAS and oneDNN."""
     blas = re.search(r"Math Kernel Library Version ([^\s]+)", torch.__config__.show())
     return {
-        "cpu": cpu, "cores": cores, "avx512": "avx512f" in flags, "amx": "amx_tile" in flags,
-        "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "blas": f"MKL {blas.group(1)}" if blas else "non-MKL",
-        "onednn": torch.backends.mkldnn.is_available(), "python": platform.python_version(),
-        "platform": platform.platform(),
+        **cpu_facts(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "blas": f"MKL {blas.group(1)}" if blas else "non-MKL", "onednn": torch.backends.mkldnn.is_available(),
     }
 
 

@@ -321,3 +321,18 @@ def test_cli_show_json(run_cli) -> None:
     assert r.code == 0 and all(n in r.out for n in list_model_configs())
     r = run_cli("models", "show", "no-such-model")
     assert r.code == 2 and "no-such-model" in r.err
+
+
+@pytest.mark.parametrize("backend", ["torch", "fused"])
+def test_table_location_points_at_the_tables_rows(backend) -> None:
+    from recstack.spec import TableSpec
+
+    tables = [TableSpec(name=f"t{i}", rows=r, dim=d) for i, (r, d) in enumerate([(7, 4), (5, 8), (9, 4)])]
+    ebc = EmbeddingBagCollection(tables, backend=backend, seed=2)
+    params = ebc.sparse_parameters()
+    for t, spec in enumerate(tables):
+        i, start, rows = ebc.table_location(t)
+        assert rows == spec.rows
+        torch.testing.assert_close(params[i][start : start + rows], ebc.table_weight(t), rtol=0, atol=0)
+    if backend == "fused":  # the two dim-4 tables share one weight
+        assert ebc.table_location(0)[0] == ebc.table_location(2)[0] and ebc.table_location(2)[1] == 7

@@ -137,6 +137,16 @@ class EmbeddingBagCollection(nn.Module):
         """Table t's [rows, dim] weight (a view; read it under no_grad, write with load_table_weight)."""
         return self._impl.table_weight(t)
 
+    def table_location(self, t: int) -> tuple[int, int, int]:
+        """Where table t lives: (index into `sparse_parameters()`, first row, rows).
+
+        Per-row optimiser state and saved copies of the parameters use the same layout, so this
+        maps a table to its rows in any of them.
+        """
+        if not hasattr(self._impl, "table_location"):
+            raise NotImplementedError(f"backend {self.backend!r} does not expose table locations")
+        return self._impl.table_location(t)
+
     @torch.no_grad()
     def load_table_weight(self, t: int, weight: torch.Tensor) -> None:
         """Copy a [rows, dim] tensor into table t."""
@@ -175,6 +185,9 @@ class _TorchBags(nn.Module):
 
     def table_weight(self, t: int) -> torch.Tensor:
         return self.bags[t].weight
+
+    def table_location(self, t: int) -> tuple[int, int, int]:
+        return t, 0, self.bags[t].weight.shape[0]
 
     def weight_parameters(self) -> list[nn.Parameter]:
         return [b.weight for b in self.bags]
@@ -215,6 +228,9 @@ class _FusedBags(nn.Module):
     def table_weight(self, t: int) -> torch.Tensor:
         g, start, rows = self.place[t]
         return self.weights[g][start : start + rows]
+
+    def table_location(self, t: int) -> tuple[int, int, int]:
+        return self.place[t]
 
     def weight_parameters(self) -> list[nn.Parameter]:
         return list(self.weights)

@@ -103,6 +103,8 @@ class RecoveryEmulator:
         self.tr, self.spec, self.steps, self.replay = trainer, spec, steps, replay
         emb = trainer.model.embeddings
         self.rows = [t.rows for t in emb.tables]  # this process's tables
+        names = {id(p): n for n, p in trainer.model.named_parameters()}
+        self.sparse_keys = [names[id(p)] for p in emb.sparse_parameters()]  # their keys in a model state dict
         # Emulated nodes shard the rows of ALL tables; in a multi-process run each rank handles
         # the parts of a failed node's shard that lie in the tables it holds.
         local = {g: i for i, g in enumerate(trainer.owned)} if trainer.world.world_size > 1 else {
@@ -149,19 +151,16 @@ class RecoveryEmulator:
             self._full_save(0)
 
     # ------------------------------------------------------------ row views
+    def _rows_of(self, t: int, params: list[torch.Tensor], state: list[torch.Tensor] | None
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Table t's rows in a list laid out like the sparse parameters, and in its row-wise state."""
+        i, start, rows = self.tr.model.embeddings.table_location(t)
+        return params[i][start : start + rows], (state[i][start : start + rows] if state is not None else None)
+
     def _views(self, t: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(weight rows of table t, row-wise optimizer state of table t or None) as live views."""
-        emb = self.tr.model.embeddings
-        w = emb.table_weight(t).data
-        opt = self.tr.sparse_opt
-        state = getattr(opt, "state", None)
-        if state is None:
-            return w, None
-        impl = emb._impl
-        if emb.backend == "fused":
-            g, start, rows = impl.place[t]
-            return w, state[g][start : start + rows]
-        return w, state[t]
+        params = [p.data for p in self.tr.model.embeddings.sparse_parameters()]
+        return self._rows_of(t, params, getattr(self.tr.sparse_opt, "state", None))
 
     def _table_ids(self, inp: Any) -> list[torch.Tensor]:
         sb = inp.sparse
@@ -240,7 +239,7 @@ class RecoveryEmulator:
         opt_snap = self.snapshot["sparse_opt"].get("state") if isinstance(self.snapshot["sparse_opt"], dict) else None
         for t, lo, hi in self.shards[node]:
             w, st = self._views(t)
-            w_snap, st_snap = self._snapshot_rows(model_snap, opt_snap, t)
+            w_snap, st_snap = self._rows_of(t, [model_snap[k] for k in self.sparse_keys], opt_snap)
             w[lo:hi] = w_snap[lo:hi]
             if st is not None and st_snap is not None:
                 st[lo:hi] = st_snap[lo:hi]
@@ -256,14 +255,6 @@ class RecoveryEmulator:
             self.events["restored_rows"] += hi - lo
         self.cost_s["load"] += cost.load_s / self.spec.emb_nodes
         self.cost_s["reschedule"] += cost.resched_partial_s
-
-    def _snapshot_rows(self, model_snap: dict, opt_snap: list | None, t: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        emb = self.tr.model.embeddings
-        if emb.backend == "fused":
-            g, start, rows = emb._impl.place[t]
-            w = model_snap[f"embeddings._impl.weights.{g}"][start : start + rows]
-            return w, (opt_snap[g][start : start + rows] if opt_snap is not None else None)
-        return model_snap[f"embeddings._impl.bags.{t}.weight"], (opt_snap[t] if opt_snap is not None else None)
 
     # ------------------------------------------------------------ report
     def report(self) -> dict[str, Any]:

@@ -166,14 +166,12 @@ def _recovery(trainer: Trainer, store: Store, options: RunOptions, steps: int, s
     if start:
         raise ConfigError("--recovery with --resume: the emulation runs from step 0 (start a new run directory)")
     rs = dict(options.recovery)
-    cost = CostModel(**rs.pop("cost", {}))
-    failures = rs.pop("failures_file", None)
-    mtbf = rs.pop("mtbf_s", None)
-    seed = int(rs.get("seed", trainer.ts.seed))
-    fm = FailureModel.from_file(failures, seed) if failures else FailureModel(mtbf_s=mtbf or cost.mtbf_s, seed=seed)
-    if mtbf:
-        cost = CostModel(**{**cost.__dict__, "mtbf_s": mtbf})
-    spec = RecoverySpec(**{**rs, "seed": seed}, failures=fm, cost=cost)
+    failures, mtbf = rs.pop("failures_file", None), rs.pop("mtbf_s", None)
+    seed = int(rs.pop("seed", trainer.ts.seed))
+    cost = CostModel(mtbf_s=mtbf) if mtbf else CostModel()
+    # No trace: RecoveryEmulator draws exponential failures with the cost model's MTBF.
+    fm = FailureModel.from_file(failures, seed) if failures else None
+    spec = RecoverySpec(**rs, seed=seed, failures=fm, cost=cost)
     ts = trainer.ts
 
     def replay(first: int, last: int) -> None:
