@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from recstack.spec.bom import EmbodiedSpec
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -27,7 +29,7 @@ class DeviceSpec(_Strict):
     cores: int | None = Field(default=None, gt=0)
     tdp_w: float = Field(gt=0)
     idle_w: float = Field(ge=0)
-    embodied: dict | None = Field(default=None, description="bill of materials for embodied carbon")
+    embodied: EmbodiedSpec | None = Field(default=None, description="bill of materials for embodied carbon")
     source: str = ""
 
 
