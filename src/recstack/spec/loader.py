@@ -69,7 +69,7 @@ def validate(cls: type[T], data: Any, where: str) -> T:
     except ValidationError as e:
         err = e.errors()[0]
         loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
-        msg = err["msg"]
+        msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown field"
         more = f" (and {e.error_count() - 1} more errors)" if e.error_count() > 1 else ""

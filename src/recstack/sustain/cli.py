@@ -15,7 +15,8 @@ from typer.core import TyperGroup
 
 from recstack.io import atomic_write_json
 from recstack.sustain.embodied import bom_footprint, load_bom
-from recstack.sustain.fleet import fleet_whatif, load_fleet, plot_fleet
+from recstack.spec import validate
+from recstack.sustain.fleet import FleetConfig, fleet_whatif, load_fleet, plot_fleet
 from recstack.sustain.operational import DEFAULT_PUE
 from recstack.sustain.report import DEFAULT_LOCATION, run_report
 from recstack.sustain.tables import DEFAULT_LOCATION_TABLE
@@ -133,7 +134,7 @@ def fleet_cmd(
     if pue is not None:
         upd["pue"] = pue
     if upd:
-        cfg = cfg.model_validate({**cfg.model_dump(), **upd})
+        cfg = validate(FleetConfig, {**cfg.model_dump(), **upd}, "options")
     r = fleet_whatif(cfg)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
