@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 from rich import box
@@ -14,8 +14,8 @@ from typer._click.core import Context  # typer vendors click
 from typer.core import TyperGroup
 
 from recstack.io import atomic_write_json
-from recstack.sustain.embodied import bom_footprint, load_bom
 from recstack.spec import validate
+from recstack.sustain.embodied import bom_footprint, load_bom
 from recstack.sustain.fleet import FleetConfig, fleet_whatif, load_fleet, plot_fleet
 from recstack.sustain.operational import DEFAULT_PUE
 from recstack.sustain.report import DEFAULT_LOCATION, run_report
@@ -53,12 +53,12 @@ def _kg(x: float | None) -> str:
 
 @app.command("run")
 def run_cmd(
-    run_dir: Path = typer.Argument(..., help="a run directory written by `recstack train ... --energy`"),
-    location: str = typer.Option(DEFAULT_LOCATION, "--location", help="grid: a location, an energy source, or 'N g / kWh'"),
-    pue: float = typer.Option(DEFAULT_PUE, "--pue", help="data-centre power usage effectiveness"),
-    table: str = typer.Option(DEFAULT_LOCATION_TABLE, "--ci-table", help="location table: location_2023 or location_2022"),
-    lifetime: float | None = typer.Option(None, "--lifetime-years", help="hardware life (default: the device's own)"),
-    as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
+    run_dir: Annotated[Path, typer.Argument(help="a run directory written by `recstack train ... --energy`")],
+    location: Annotated[str, typer.Option("--location", help="grid: a location, an energy source, or 'N g / kWh'")] = DEFAULT_LOCATION,
+    pue: Annotated[float, typer.Option("--pue", help="data-centre power usage effectiveness")] = DEFAULT_PUE,
+    table: Annotated[str, typer.Option("--ci-table", help="location table: location_2023 or location_2022")] = DEFAULT_LOCATION_TABLE,
+    lifetime: Annotated[float | None, typer.Option("--lifetime-years", help="hardware life (default: the device's own)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
 ) -> None:
     """Energy, operational carbon and the run's share of embodied carbon; writes RUN_DIR/carbon.json."""
     r = run_report(run_dir, location=location, pue=pue, location_table=table, lifetime_years=lifetime)
@@ -93,9 +93,9 @@ def run_cmd(
 
 @app.command("bom")
 def bom_cmd(
-    file: str = typer.Argument(..., help="bill of materials YAML (ACT format) or a shipped name: dellr740, fairphone3"),
-    table: str = typer.Option(DEFAULT_LOCATION_TABLE, "--ci-table", help="location table for fab grids"),
-    as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
+    file: Annotated[str, typer.Argument(help="bill of materials YAML (ACT format) or a shipped name: dellr740, fairphone3")],
+    table: Annotated[str, typer.Option("--ci-table", help="location table for fab grids")] = DEFAULT_LOCATION_TABLE,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
 ) -> None:
     """Embodied footprint of a bill of materials, per component and by kind."""
     fp = bom_footprint(load_bom(file), location_table=table)
@@ -119,12 +119,12 @@ def bom_cmd(
 
 @app.command("fleet")
 def fleet_cmd(
-    config: Path = typer.Argument(..., help="fleet YAML: devices (device, count, utilisation), location, pue, years"),
-    location: str | None = typer.Option(None, "--location", help="override the config's location"),
-    pue: float | None = typer.Option(None, "--pue", help="override the config's PUE"),
-    plot: Path | None = typer.Option(None, "--plot", help="write the operational-vs-embodied chart here (PNG)"),
-    out: Path | None = typer.Option(None, "--out", help="write fleet.json (and fleet.png unless --plot) here"),
-    as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
+    config: Annotated[Path, typer.Argument(help="fleet YAML: devices (device, count, utilisation), location, pue, years")],
+    location: Annotated[str | None, typer.Option("--location", help="override the config's location")] = None,
+    pue: Annotated[float | None, typer.Option("--pue", help="override the config's PUE")] = None,
+    plot: Annotated[Path | None, typer.Option("--plot", help="write the operational-vs-embodied chart here (PNG)")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="write fleet.json (and fleet.png unless --plot) here")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
 ) -> None:
     """What-if over years: operational vs embodied carbon of a fleet, per location, with the crossover."""
     cfg = load_fleet(config)

@@ -82,7 +82,7 @@ def fleet_whatif(cfg: FleetConfig, *, points_per_year: int = 12) -> dict[str, An
     lifetime_kwh = sum(x["energy_kwh_per_year"] * x["lifetime_years"] for x in entries)
     break_even = embodied_gen * 1000 / lifetime_kwh if lifetime_kwh > 0 else math.inf
 
-    n = int(round(cfg.years * points_per_year))
+    n = round(cfg.years * points_per_year)
     years = [cfg.years * k / n for k in range(n + 1)]
     emb_series = [sum(x["embodied_kg_each"] * x["count"] * (math.floor(y / x["lifetime_years"] + 1e-9) + 1)
                       for x in entries) for y in years]
