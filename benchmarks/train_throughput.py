@@ -37,9 +37,15 @@ slows every parallel region (both implementations alike) by up to 20x; run on an
 machine, keep --rounds >= 2 so that a burst of load hits both sides, and check min/max.
 `--threads 1` gives a contention-robust comparison (the reference then runs with OMP_NUM_THREADS=1).
 
+Energy: `--energy` meters the timed recstack repetitions only (not warm-up, GEMM probes, the
+breakdown or the reference) with recstack.sustain.meters and reports `energy_j_per_iter` and its
+method: "measured" (RAPL) or "estimated" (CPU time x the hardware config's TDP and idle power,
+when RAPL is absent or unreadable, as in most VMs).
+
     python benchmarks/train_throughput.py
     python benchmarks/train_throughput.py --reference /path/to/dlrm/dlrm_s_pytorch.py --rounds 3
     python benchmarks/train_throughput.py --json --compare-plain
+    python benchmarks/train_throughput.py --energy --no-breakdown
 """
 
 from __future__ import annotations
@@ -62,6 +68,7 @@ from _machine import cpu_facts
 from recstack.data.batch import Batch, SparseBatch
 from recstack.models import mlp as mlp_module
 from recstack.spec import ModelSpec, TrainSpec
+from recstack.sustain.meters import EnergyMeter, EnergyReport
 from recstack.train import Trainer
 
 ANCHOR_MS = (35.0, 39.0)  # REFERENCE.md section 1: reference dlrm_s_pytorch.py on a 2-core AVX-512 CPU
@@ -161,11 +168,14 @@ def mlp_flops(spec: ModelSpec, batch: int) -> float:
     return 2.0 * batch * macs
 
 
-def time_steps(trainer: Trainer, batches: list[Batch], iters: int, repeats: int, warmup: int) -> list[float]:
-    """ms per step of each repetition (iters steps each), after `warmup` steps."""
+def time_steps(trainer: Trainer, batches: list[Batch], iters: int, repeats: int, warmup: int,
+               meter: EnergyMeter | None = None) -> list[float]:
+    """ms per step of each repetition (iters steps each), after `warmup` steps; `meter` spans the repetitions."""
     n = len(batches)
     for i in range(warmup):
         trainer.step(batches[i % n])
+    if meter is not None:
+        meter.start()
     out = []
     for r in range(repeats):
         t = time.perf_counter()
@@ -173,6 +183,8 @@ def time_steps(trainer: Trainer, batches: list[Batch], iters: int, repeats: int,
             loss = trainer.step(batches[(r * iters + i) % n])
         loss.item()  # CPU ops are synchronous; this keeps the same shape on other devices
         out.append((time.perf_counter() - t) / iters * 1e3)
+    if meter is not None:
+        meter.stop()
     return out
 
 
@@ -307,6 +319,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="also time the same step with the plain (non-oneDNN) MLP path")
     ap.add_argument("--no-breakdown", action="store_true")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
+    ap.add_argument("--energy", action="store_true",
+                    help="meter the timed recstack steps (RAPL if readable, else a labelled estimate)")
+    ap.add_argument("--energy-hardware", metavar="NAME", help="hardware config for --energy (default: detected)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -330,8 +345,12 @@ def main(argv: list[str] | None = None) -> int:
     ref: list[float] = []
     ref_cmd = ""
     gemm_rounds: list[dict[str, float]] = []
+    energy: list[EnergyReport] = []
     for r in range(args.rounds):
-        ours += time_steps(trainer, batches, args.iters, args.repeats, args.warmup if r == 0 else 3)
+        meter = EnergyMeter(args.energy_hardware, gpus=False) if args.energy else None
+        ours += time_steps(trainer, batches, args.iters, args.repeats, args.warmup if r == 0 else 3, meter)
+        if meter is not None and meter.report is not None:
+            energy.append(meter.report)
         log(f"round {r + 1}: recstack {statistics.median(ours[-args.repeats:]):.2f} ms/it")
         gemm_rounds.append(gemm_gflops(repeats=7))  # the machine's GEMM rate under the same conditions
         if args.compare_plain:
@@ -356,6 +375,11 @@ def main(argv: list[str] | None = None) -> int:
     out["method"] = {"warmup": args.warmup, "iters_per_repeat": args.iters, "repeats_per_round": args.repeats,
                      "rounds": args.rounds, "statistic": "median over repetitions"}
     out["samples_per_s"] = args.batch_size / ms * 1e3
+    if energy:
+        methods = {e.method for e in energy}
+        out["energy_j_per_iter"] = sum(e.total_j for e in energy) / (len(ours) * args.iters)
+        out["energy_method"] = methods.pop() if len(methods) == 1 else "mixed"
+        out["energy"] = [e.to_dict() for e in energy]  # one report per round
     if plain:
         out["plain_mlp_ms_per_iter"] = statistics.median(plain)
     gemm = {k: statistics.median(g[k] for g in gemm_rounds) for k in gemm_rounds[0]}  # median over rounds
@@ -392,6 +416,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(f"\nrecstack step: {ms:.2f} ms/it median (min {min(ours):.2f}, max {max(ours):.2f}; "
           f"{len(ours)} repetitions x {args.iters} steps), {out['samples_per_s']:.0f} samples/s")
+    if energy:
+        cpu = energy[0].to_dict()["components"].get("cpu", {})
+        print(f"energy: {out['energy_j_per_iter']:.3f} J/it ({out['energy_method']}; {cpu.get('source', '')})")
+        for note in energy[0].notes:
+            print(f"  {note}")
     if plain:
         print(f"recstack step with the plain MLP path: {out['plain_mlp_ms_per_iter']:.2f} ms/it median")
     if ref:

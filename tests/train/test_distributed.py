@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -21,10 +22,10 @@ def data(tmp_path_factory):
     return make_store(tmp_path_factory.mktemp("data") / "store", tiny_spec(tables=5), n=3000)
 
 
-def _compare(data, tmp_path, ts, plan=None):
+def _compare(data, tmp_path, ts, plan=None, **two_kw):
     spec = tiny_spec(tables=5)
     one = train(spec, ts, data, tmp_path / "one", progress=False, log_every=1)
-    two = train(spec, ts, data, tmp_path / "two", progress=False, log_every=1, nproc=2, plan=plan)
+    two = train(spec, ts, data, tmp_path / "two", progress=False, log_every=1, nproc=2, plan=plan, **two_kw)
     l1, l2 = train_losses(tmp_path / "one"), train_losses(tmp_path / "two")
     assert len(l1) == len(l2) == ts.steps
     np.testing.assert_allclose(l2, l1, rtol=1e-4)
@@ -35,9 +36,15 @@ def _compare(data, tmp_path, ts, plan=None):
 
 
 def test_two_processes_equal_one(data, tmp_path):
-    """Default placement splits the 5 tables 3/2; SGD, 20 steps, even batch slices."""
-    _, two = _compare(data, tmp_path, tiny_train_spec(steps=20, lr=0.2))
+    """Default placement splits the 5 tables 3/2; SGD, 20 steps, even batch slices; energy metered."""
+    _, two = _compare(data, tmp_path, tiny_train_spec(steps=20, lr=0.2), energy=True)
     assert sorted(set(two["placement"].values())) == [0, 1]
+    cpu = two["energy"]["components"]["cpu"]
+    written = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert written["energy"]["total_j"] == two["energy"]["total_j"]
+    if cpu["method"] == "estimated":  # the parent meters the workers: their CPU time counts once joined
+        cpu_s = float(re.search(r"cpu_s ([0-9.]+) s", cpu["source"]).group(1))
+        assert cpu_s > 1.0, cpu["source"]  # two interpreters importing torch and training; the parent idles
 
 
 def test_two_processes_uneven_slices_rank_without_tables(data, tmp_path):

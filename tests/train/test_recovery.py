@@ -8,7 +8,8 @@ from recstack.errors import ConfigError
 from recstack.spec import TrainSpec
 from recstack.train import train
 from recstack.train.recovery import node_shards
-from tests.train.helpers import make_store, tiny_spec
+
+from .helpers import make_store, tiny_spec
 
 STEPS = 240
 REC = {"emb_nodes": 8, "job_hours": 48.0, "mtbf_s": 4 * 3600.0, "target_pls": 0.02, "seed": 1}

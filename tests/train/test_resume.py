@@ -18,7 +18,8 @@ from recstack.errors import ConfigError
 from recstack.spec import TrainSpec
 from recstack.train import CheckpointStore, Trainer, train
 from recstack.train.trainer import train_batches
-from tests.train.helpers import make_store, tiny_spec
+
+from .helpers import make_store, tiny_spec
 
 STEPS = 60
 

@@ -9,12 +9,14 @@ from recstack.sustain.embodied import (
     shipped_boms,
 )
 from recstack.sustain.fleet import FleetConfig, FleetEntry, fleet_whatif, load_fleet, plot_fleet
+from recstack.sustain.meters import ComponentEnergy, EnergyMeter, EnergyReport, detect_hardware
 from recstack.sustain.operational import DEFAULT_PUE, amortised_kg, operational_kg
 from recstack.sustain.report import device_embodied, run_report
 from recstack.sustain.tables import CarbonTables, Intensity, load_tables
 
 __all__ = [
-    "DEFAULT_PUE", "BomFootprint", "CarbonTables", "ComponentFootprint", "FleetConfig", "FleetEntry", "Intensity",
-    "amortised_kg", "bom_footprint", "carbon_per_area", "device_embodied", "fleet_whatif", "load_bom",
+    "DEFAULT_PUE", "BomFootprint", "CarbonTables", "ComponentEnergy", "ComponentFootprint", "EnergyMeter",
+    "EnergyReport", "FleetConfig", "FleetEntry", "Intensity",
+    "amortised_kg", "bom_footprint", "carbon_per_area", "detect_hardware", "device_embodied", "fleet_whatif", "load_bom",
     "load_fleet", "load_tables", "operational_kg", "plot_fleet", "run_report", "shipped_boms",
 ]

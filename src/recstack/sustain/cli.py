@@ -81,9 +81,9 @@ def run_cmd(
     share = r["embodied_share"]
     t.add_row("total", _kg(r["total_kg"]), f"embodied share {share:.1%}" if share is not None else "")
     if "per_sample_g" in r:
-        t.add_row("per sample", f"{r['per_sample_g'] * 1000:.4g} mg", "")
+        t.add_row("per sample", f"{r['per_sample_g']:.3g} g", "CO2e per training sample")
     if "per_query_g" in r:
-        t.add_row("per query", f"{r['per_query_g'] * 1000:.4g} mg", "")
+        t.add_row("per query", f"{r['per_query_g']:.3g} g", "CO2e per query")
     c = _console()
     c.print(t)
     for n in r.get("energy_notes") or []:

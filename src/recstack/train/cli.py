@@ -66,9 +66,21 @@ def print_result(summary: dict[str, Any], out: Path | None, console: Console | N
                   f"training blocked {ck['blocked_s']:.2f} s")
     if summary.get("resumed"):
         t.add_row("resumed from", f"step {summary['resumed']['step']}")
+    en = summary.get("energy")
+    if en:
+        t.add_row("energy", _energy_line(en))
     if out is not None:
         t.add_row("run directory", str(out))
     console.print(t)
+
+
+def _energy_line(en: dict[str, Any]) -> str:
+    """'123.4 J (estimated: cpu 123.4 J), 0.0643 J/sample': the method always stands beside the number."""
+    mixed = en["method"] == "mixed"
+    parts = ", ".join(f"{name} {c['joules']:,.1f} J" + (f" {c['method']}" if mixed else "")
+                      for name, c in en["components"].items())
+    per = f", {en['per_sample_j']:.3g} J/sample" if en.get("per_sample_j") is not None else ""
+    return f"{en['total_j']:,.1f} J ({en['method']}: {parts}){per}"
 
 
 def _synth_data(spec, data_dir: Path, samples: int, seed: int, config: str, scale: float,
@@ -149,6 +161,12 @@ MtbfOpt = Annotated[
 FailuresOpt = Annotated[Path | None, _Opt("--failures", help="Failure trace: one 'TIME_S [NODE]' per line.")]
 PlsOpt = Annotated[float, _Opt("--target-pls", help="CPR's target portion of lost samples.")]
 JobHoursOpt = Annotated[float, _Opt("--job-hours", help="Production training time the run stands for.")]
+EnergyOpt = Annotated[
+    bool, _Opt("--energy", help="Meter energy (RAPL, NVML, else a labelled estimate) into summary.json.")
+]
+EnergyHwOpt = Annotated[
+    str | None, _Opt("--energy-hardware", help="Hardware config for --energy estimates (default: detected).")
+]
 
 
 def train(
@@ -179,6 +197,8 @@ def train(
     failures: FailuresOpt = None,
     target_pls: PlsOpt = 0.02,
     job_hours: JobHoursOpt = 24.0,
+    energy: EnergyOpt = False,
+    energy_hardware: EnergyHwOpt = None,
 ) -> None:
     """Train a model on a store (--data) or synthetic data (--synthetic); report AUC, log loss, NE."""
     from recstack.spec import load_config
@@ -204,6 +224,12 @@ def train(
         raise ConfigError("give at most one of --mtbf and --failures")
     if failures is not None and not failures.is_file():
         raise DataError(f"{failures}: failure trace not found")
+    if energy_hardware is not None:
+        if not energy:
+            raise ConfigError("--energy-hardware applies with --energy only")
+        from recstack.spec import load_device
+
+        load_device(energy_hardware)  # unknown name: ConfigError listing the shipped configs
     rec = None
     if recovery != "none" or mtbf is not None or failures is not None:
         from recstack.train.recovery import RecoverySpec
@@ -243,7 +269,8 @@ def train(
     extra = {"config": config, "scale": scale, "synthetic": synthetic}
     summary = run_train(spec, ts, data, out, device=device, backend=backend, progress=progress, nproc=nproc,
                         plan=plan_map, log_every=log_every, extra=extra, checkpoint_every=checkpoint_every,
-                        checkpoint_dir=checkpoint_dir, resume=resume, recovery=rec)
+                        checkpoint_dir=checkpoint_dir, resume=resume, recovery=rec, energy=energy,
+                        energy_hardware=energy_hardware)
     if summary:
         print_result(summary, out)
 

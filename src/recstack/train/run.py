@@ -11,7 +11,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
@@ -26,6 +26,9 @@ from recstack.train.recovery import RecoveryEmulator, RecoverySpec
 from recstack.train.rundir import PLOT, SUMMARY, RunDir, plot_learning_curve
 from recstack.train.schedule import lr_at
 from recstack.train.trainer import Trainer, _is_tty, default_eval_every, prefetch, train_batches
+
+if TYPE_CHECKING:
+    from recstack.sustain.meters import EnergyMeter, EnergyReport
 
 
 @dataclass
@@ -44,6 +47,8 @@ class RunOptions:
     keep_checkpoints: int = 3
     resume: bool = False  # continue from the newest good checkpoint
     recovery: dict[str, Any] | None = None  # RecoverySpec fields: emulated failures and recovery policy
+    energy: bool = False  # meter the run's energy into summary["energy"]
+    energy_hardware: str | None = None  # hardware config for the meter's estimates (default: detected)
     extra: dict[str, Any] = field(default_factory=dict)  # recorded in config.yaml only
 
 
@@ -359,11 +364,14 @@ def train(
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
     recovery: dict[str, Any] | None = None,
+    energy: bool = False,
+    energy_hardware: str | None = None,
 ) -> dict[str, Any]:
     """Train `spec` on a store and return the summary (also written to `out`/summary.json).
 
     nproc > 1 spawns that many local workers (gloo on CPU, NCCL on CUDA) running hybrid
-    parallelism; under torchrun the current process is one rank of the job.
+    parallelism; under torchrun the current process is one rank of the job. `energy` meters
+    the job (recstack.sustain.meters) into summary["energy"].
     """
     if nproc < 1:
         raise ConfigError(f"--nproc must be >= 1, got {nproc}")
@@ -381,16 +389,50 @@ def train(
                       eval_samples=eval_samples, progress=progress, plan=plan, extra=dict(extra or {}),
                       checkpoint_every=checkpoint_every, resume=resume,
                       checkpoint_dir=str(checkpoint_dir) if checkpoint_dir is not None else None,
-                      recovery=dict(recovery) if recovery else None)
+                      recovery=dict(recovery) if recovery else None,
+                      energy=energy, energy_hardware=energy_hardware)
+    meter = _energy_meter(opts) if energy else None
     out_p = Path(out) if out is not None else None
     if out_p is not None and int(os.environ.get("RANK", "0")) == 0:
         (out_p / SUMMARY).unlink(missing_ok=True)  # an earlier run's result must not outlive a failed one
     if under_torchrun():
         return _rank_main(spec, train_spec, store.path, out_p, opts, None)
-    if nproc == 1:
-        trainer = Trainer(spec, train_spec, backend, device)
-        return fit(trainer, store, out_p, opts)
-    return _spawn(spec, train_spec, store.path, out_p, opts)
+    with meter if meter is not None else contextlib.nullcontext():
+        if nproc == 1:
+            summary = fit(Trainer(spec, train_spec, backend, device), store, out_p, opts)
+        else:
+            summary = _spawn(spec, train_spec, store.path, out_p, opts)
+    if meter is not None and meter.report is not None and summary:
+        summary["energy"] = energy_summary(meter.report, summary.get("samples"), nproc)
+        if out_p is not None:
+            RunDir(out_p).finish(summary)
+    return summary
+
+
+def _energy_meter(opts: RunOptions) -> EnergyMeter:
+    """The meter for `opts`: validated before training starts, metering the GPUs the run uses.
+
+    It runs in this process around the whole job, so spawned workers count once joined (their
+    CPU time is the parent's children time). Under torchrun each rank is a separate job step, and
+    a meter in one rank would miss the others: refused.
+    """
+    from recstack.sustain.meters import EnergyMeter
+
+    if under_torchrun():
+        raise ConfigError("--energy: not supported under torchrun (use --nproc N, which meters all workers)")
+    gpus: list[int] | bool = False
+    if opts.device.startswith("cuda"):
+        gpus = list(range(opts.nproc)) if opts.nproc > 1 else [int(opts.device.partition(":")[2] or 0)]
+    return EnergyMeter(opts.energy_hardware, gpus=gpus)
+
+
+def energy_summary(report: EnergyReport, samples: int | None, nproc: int = 1) -> dict[str, Any]:
+    """report.to_dict() plus joules per training sample and what the interval covered."""
+    d = report.to_dict()
+    d["per_sample_j"] = d["total_j"] / samples if samples else None
+    d["scope"] = "model set-up, training and evaluation" + (
+        f", with the start-up of {nproc} worker processes" if nproc > 1 else "")
+    return d
 
 
 def _rank_main(spec: ModelSpec, ts: TrainSpec, data: Path, out: Path | None, opts: RunOptions,
