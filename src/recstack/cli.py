@@ -27,6 +27,7 @@ def _register() -> None:
     from recstack.data.cli import app as data_app
     from recstack.models.cli import app as models_app
     from recstack.sustain.cli import app as carbon_app
+    from recstack.trace.cli import app as trace_app
     from recstack.train.cli import cpr_experiment, demo, train
 
     app.add_typer(models_app, name="models", help="Shipped model configs: list and inspect.")
@@ -36,6 +37,8 @@ def _register() -> None:
     app.command("cpr-experiment", help="Recovery policies (full, CPR, MFU, SSU) under the same emulated failures.")(
         cpr_experiment
     )
+    app.add_typer(trace_app, name="trace",
+                  help="Execution traces: capture, stats, Chakra export, replay, what-if synthesis.")
     app.add_typer(carbon_app, name="carbon",
                   help="Carbon: a run's footprint (carbon RUN_DIR), a bill of materials, a fleet what-if.")
 
