@@ -65,6 +65,9 @@ def capture_cmd(
 
 def _register() -> None:
     """Commands that live in their own modules."""
+    from recstack.trace.cli_replay import replay_cmd
+
+    app.command("replay")(replay_cmd)
 
 
 _register()
