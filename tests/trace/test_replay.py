@@ -14,7 +14,7 @@ from recstack.trace import CaptureOptions, capture, load_trace
 from recstack.trace.replay import Replayer, replay
 from tests.train.helpers import tiny_spec, tiny_train_spec
 
-OPTS = dict(iterations=2, timing_iterations=3, warmup=2)
+OPTS = {"iterations": 2, "timing_iterations": 3, "warmup": 2}
 
 
 @pytest.fixture(scope="module")

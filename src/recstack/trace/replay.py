@@ -340,7 +340,7 @@ class Replayer:
                 try:
                     self._call(op)
                     keep.append(op)
-                except Exception as e:  # any operator error: list it, keep going
+                except Exception as e:  # noqa: BLE001  (any operator error: list it, keep going)
                     self.not_rebuilt.append({"id": op.node.id, "name": op.node.name,
                                              "reason": f"failed on rebuilt inputs: {str(e).splitlines()[0][:200]}",
                                              "captured_us": op.node.duration_us or 0.0})
