@@ -66,10 +66,12 @@ def test_replayed_embedding_uses_the_recorded_indices(cap):
     g = load_trace(out)
     rp = Replayer(g, resources=out / "rank0.et_resources")
     op = next(o for o in rp.ops if o.node.name == "aten::embedding_bag")
-    recorded = list(op.overrides.values())
-    assert len(recorded) == 2 and all(t.dtype == torch.int64 for t in recorded)
-    want = {op.node.inputs[i].tensors()[0].numel for i in (1, 2)}  # indices, offsets
-    assert {t.numel() for t in recorded} == want
+    slots = [s for idx, _, s in op.tensor_pos if idx in (1, 2)]  # indices, offsets
+    assert len(slots) == 2 and all(s in rp.pinned for s in slots)
+    for i, s in zip((1, 2), slots):
+        saved = rp._saved[(op.node.id, i)]
+        assert rp.pinned[s] is saved and saved.dtype == torch.int64
+        assert saved.numel() == op.node.inputs[i].tensors()[0].numel
 
 
 def test_unrebuildable_operators_are_listed_not_dropped(cap, tmp_path):

@@ -20,7 +20,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ _SCALAR_TYPES = [torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64,
 _LAYOUTS = [torch.strided, torch.sparse_coo]
 _MEMORY_FORMATS = [torch.contiguous_format, torch.preserve_format, torch.channels_last, torch.channels_last_3d]
 OFFSET_ARGS = {"offsets", "repeats", "lengths", "crow_indices", "boundaries", "indptr", "cu_seqlens"}
+INDEX_ARGS = {"indices", "index", "offsets"}  # arguments whose values must be valid for the consumer
 
 
 class _Unsupported(Exception):
@@ -56,7 +57,6 @@ class _Op:
     kwargs: dict[str, Any]
     tensor_pos: list[tuple[str | int, int | None, int]]  # (arg index or kwarg name, list index, slot)
     out_slots: list[list[int] | int | None]  # per returned value: slot, list of slots, or None
-    overrides: dict[int, torch.Tensor] = field(default_factory=dict)  # slot -> recorded tensor (indices)
 
 
 @dataclass
@@ -118,7 +118,8 @@ class Replayer:
         self._slot_of: dict[tuple, int] = {}
         self.ops: list[_Op] = []
         self.not_rebuilt: list[dict[str, Any]] = []
-        self.leaves = {"random_float": 0, "range_int": 0, "sorted_int": 0, "recorded": 0, "zero_int": 0, "bool": 0}
+        self.leaves = {"random_float": 0, "range_int": 0, "sorted_int": 0, "zero_int": 0, "bool": 0, "recorded": 0,
+                       "pinned_index": 0}
         self._build()
 
     # ------------------------------------------------------------ building
@@ -166,7 +167,7 @@ class Replayer:
     def _build(self) -> None:
         produced: set[tuple] = set()
         first_use: dict[tuple, tuple[OpNode, Arg, int]] = {}
-        saved = self._saved_indices()
+        self._saved = self._saved_indices()
         for n in self.top:
             try:
                 schema, fn = _resolve(n.schema) if n.schema else (None, None)
@@ -199,10 +200,7 @@ class Replayer:
                     else:
                         outs.append(None)
                     produced.update(t.key for t in ts)
-                op = _Op(n, fn, args, kwargs, pos, outs)
-                for (i, t), data in saved.get(n.id, {}).items():
-                    op.overrides[self._slot_of[t]] = data
-                self.ops.append(op)
+                self.ops.append(_Op(n, fn, args, kwargs, pos, outs))
             except (_Unsupported, RuntimeError) as e:
                 self.not_rebuilt.append({"id": n.id, "name": n.name, "reason": str(e).splitlines()[0],
                                          "captured_us": n.duration_us or 0.0})
@@ -210,11 +208,12 @@ class Replayer:
                     for t in o.tensors():
                         produced.discard(t.key)
         self._allocate_leaves(first_use)
+        self._pin_indices()
         self._dry_run()
 
-    def _saved_indices(self) -> dict[int, dict[tuple[int, tuple], torch.Tensor]]:
+    def _saved_indices(self) -> dict[tuple[int, int], torch.Tensor]:
         """Recorded integral inputs of embedding operators: rank<R>.et_resources/nid_<node>_tid_<input>.dat."""
-        out: dict[int, dict] = {}
+        out: dict[tuple[int, int], torch.Tensor] = {}
         if self.resources is None or not self.resources.is_dir():
             return out
         by_id = {n.id: n for n in self.top}
@@ -234,9 +233,7 @@ class Replayer:
             data = torch.from_numpy(np.fromfile(f, dtype=torch.empty(0, dtype=dt).numpy().dtype))
             if data.numel() != t.numel:
                 continue
-            self._slot(t)
-            out.setdefault(node.id, {})[(int(inp), t.key)] = data.reshape(a.shape).to(self.device)
-            self.leaves["recorded"] += 1
+            out[(node.id, int(inp))] = data.reshape(a.shape).to(self.device)
         return out
 
     def _feeds_offsets(self, key: tuple, depth: int = 4) -> bool:
@@ -332,6 +329,62 @@ class Replayer:
             self.leaves["range_int"] += len(items)
         return torch.from_numpy(vals).to(dtype).to(self.device)
 
+    def _pin_indices(self) -> None:
+        """Recorded index and offset tensors (--save-indices) replace whatever produced them.
+
+        The slot is fixed ("pinned"): producers still run (their cost counts) but never
+        overwrite it, so every consumer of that tensor sees the recorded values.
+        """
+        self.pinned: dict[int, torch.Tensor] = {}
+        for op in self.ops:
+            for i, a in enumerate(op.node.inputs):
+                data = self._saved.get((op.node.id, i))
+                if data is not None and a.is_tensor:
+                    self._pin(self._slot(a.tensors()[0]), data)
+                    self.leaves["recorded"] += 1
+
+    def _pin(self, slot: int, data: torch.Tensor) -> None:
+        self.pinned[slot] = data
+        self.slots[slot] = data
+        for op in self.ops:
+            op.out_slots = [None if s == slot else ([x if x != slot else -1 for x in s] if isinstance(s, list) else s)
+                            for s in op.out_slots]
+
+    def _repair(self, op: _Op) -> bool:
+        """An operator failed on replayed inputs (typically ids past a table's end, computed from
+        drawn data): pin its index and offset arguments to values drawn within the ranges
+        recorded at this operator (offsets sorted, end points kept) and try once more."""
+        n = op.node
+        names = self._argnames(n)
+        ranges = n.tensor_ranges()
+        pinned = 0
+        for i, a in enumerate(n.inputs):
+            if i >= len(names) or names[i] not in INDEX_ARGS or not a.is_tensor or i not in ranges:
+                continue
+            try:
+                dtype = _dtype_of(a)
+            except _Unsupported:
+                continue
+            if dtype.is_floating_point or dtype == torch.bool:
+                continue
+            t = a.tensors()[0]
+            lo, hi = ranges[i]
+            shape, _ = self._shape_stride(t, a)
+            vals = self.rng.integers(lo, hi + 1, size=t.numel, dtype=np.int64)
+            if names[i] == "offsets" and vals.size:
+                vals.sort()
+                vals[0], vals[-1] = lo, hi
+            self._pin(self._slot(t), torch.from_numpy(vals).to(dtype).reshape(shape).to(self.device))
+            pinned += 1
+        if not pinned:
+            return False
+        try:
+            self._call(op)
+        except Exception:  # noqa: BLE001  (still failing: the caller lists it)
+            return False
+        self.leaves["pinned_index"] += pinned
+        return True
+
     def _dry_run(self) -> None:
         """Run once: operators that fail on the rebuilt inputs are listed and their outputs allocated."""
         keep = []
@@ -341,6 +394,9 @@ class Replayer:
                     self._call(op)
                     keep.append(op)
                 except Exception as e:  # noqa: BLE001  (any operator error: list it, keep going)
+                    if self._repair(op):
+                        keep.append(op)
+                        continue
                     self.not_rebuilt.append({"id": op.node.id, "name": op.node.name,
                                              "reason": f"failed on rebuilt inputs: {str(e).splitlines()[0][:200]}",
                                              "captured_us": op.node.duration_us or 0.0})
@@ -362,9 +418,8 @@ class Replayer:
         slots = self.slots
         args = list(op.args)
         kwargs = dict(op.kwargs) if op.kwargs else op.kwargs
-        ov = op.overrides
         for idx, j, s in op.tensor_pos:
-            v = ov[s] if ov and s in ov else slots[s]
+            v = slots[s]
             if j is None:
                 if isinstance(idx, str):
                     kwargs[idx] = v
@@ -389,7 +444,8 @@ class Replayer:
                 continue
             if isinstance(s, list):
                 for si, ri in zip(s, r):
-                    slots[si] = ri
+                    if si >= 0:
+                        slots[si] = ri
             else:
                 slots[s] = r
 
