@@ -19,6 +19,14 @@ class SparseSGD:
 
     def __init__(self, params: Iterable[torch.Tensor]):
         self.params = [p for p in params]
+        self._scratch: dict[int, torch.Tensor] = {}
+
+    def _scaled(self, p: torch.Tensor, vals: torch.Tensor, alpha: float) -> torch.Tensor:
+        """alpha * vals in a per-parameter buffer that grows as needed and is reused."""
+        buf = self._scratch.get(id(p))
+        if buf is None or buf.numel() < vals.numel() or buf.dtype != vals.dtype:
+            buf = self._scratch[id(p)] = torch.empty(vals.numel(), dtype=vals.dtype, device=vals.device)
+        return torch.mul(vals, alpha, out=buf[: vals.numel()].view(vals.shape))
 
     @torch.no_grad()
     def step(self, lr: float) -> None:
@@ -32,8 +40,10 @@ class SparseSGD:
                     # CPU (perf): index_add_ with alpha != 1 takes a slow per-row path (5x slower on
                     # cold 1M-row tables); scatter_add_ of pre-scaled rows over the row-broadcast
                     # index is one tight loop, exact with duplicate rows, about 1 ms for the 16k
-                    # rows of a DLRM benchmark batch.
-                    p.scatter_add_(0, idx.unsqueeze(1).expand(-1, p.shape[1]), vals * -lr)
+                    # rows of a DLRM benchmark batch. The scaled rows go to a buffer kept across
+                    # steps: a fresh one (B x lookups x dim floats) costs first-touch page faults
+                    # that dominated the step of high-pooling models (rmc2).
+                    p.scatter_add_(0, idx.unsqueeze(1).expand(-1, p.shape[1]), self._scaled(p, vals, -lr))
                 else:
                     p.index_add_(0, idx, vals, alpha=-lr)
             else:
