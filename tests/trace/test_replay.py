@@ -12,7 +12,10 @@ import torch
 from recstack.errors import DataError
 from recstack.trace import CaptureOptions, capture, load_trace
 from recstack.trace.replay import Replayer, replay
-from tests.train.helpers import tiny_spec, tiny_train_spec
+try:
+    from train.helpers import tiny_spec, tiny_train_spec
+except ImportError:  # run as a package from the repository root
+    from tests.train.helpers import tiny_spec, tiny_train_spec
 
 OPTS = {"iterations": 2, "timing_iterations": 3, "warmup": 2}
 
