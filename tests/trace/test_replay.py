@@ -12,6 +12,7 @@ import torch
 from recstack.errors import DataError
 from recstack.trace import CaptureOptions, capture, load_trace
 from recstack.trace.replay import Replayer, replay
+
 try:
     from train.helpers import tiny_spec, tiny_train_spec
 except ImportError:  # run as a package from the repository root

@@ -65,9 +65,16 @@ def capture_cmd(
 
 def _register() -> None:
     """Commands that live in their own modules."""
+    from recstack.trace.cli_stats import stats_cmd, synth_cmd
+
+    app.command("stats")(stats_cmd)
+    app.command("synth")(synth_cmd)
+    from recstack.trace.cli_chakra import chakra_json_cmd, export_chakra_cmd
     from recstack.trace.cli_replay import replay_cmd
 
     app.command("replay")(replay_cmd)
+    app.command("export-chakra")(export_chakra_cmd)
+    app.command("chakra-json")(chakra_json_cmd)
 
 
 _register()

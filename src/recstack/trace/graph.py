@@ -176,17 +176,49 @@ class TraceGraph:
             return None
         return its[index] if index is not None else its[-1]
 
+    def iteration_range(self, marker: OpNode) -> tuple[int, int]:
+        """Node ids [lo, hi) of an iteration: from its marker to the next marker (ids follow start
+        order). Membership goes by id, not nesting: in multi-process captures the ET sometimes
+        nests a later iteration, or some of its operators, under the previous marker."""
+        its = self.iterations()
+        later = [m.id for m in its if m.id > marker.id]
+        hi = later[0] if later else max(self.nodes) + 1
+        return marker.id, hi
+
     def top_level_ops(self, root: int | None = None) -> list[OpNode]:
-        """The outermost operators under `root` (default: the last iteration, else the whole trace):
-        descend through record_function ranges (autograd nodes, module scopes, optimizer steps)
-        until a node that is a dispatcher operator; its own children run inside it."""
+        """The outermost operators of one iteration (default: the last, else the whole trace):
+        record_function ranges (autograd nodes, module scopes, optimizer steps) are looked
+        through down to the first node that is a dispatcher operator or a collective; that
+        operator's own children run inside it."""
         if root is None:
             it = self.iteration()
-            starts = [it.id] if it is not None else [n.id for n in self.nodes.values() if n.parent not in self.nodes]
-        else:
-            starts = [root]
+            if it is None:
+                starts = [n.id for n in self.nodes.values() if n.parent not in self.nodes]
+                return self._outermost(starts)
+            root = it.id
+        node = self.nodes[root]
+        if not ITERATION_RE.match(node.name):
+            return self._outermost([root], skip_root=True)
+        lo, hi = self.iteration_range(node)
+        out = []
+        for n in self.nodes.values():
+            if not lo < n.id < hi or not (n.is_op or n.comm is not None):
+                continue
+            p, inside = n.parent, False
+            while p is not None and p in self.nodes:
+                a = self.nodes[p]
+                if lo < a.id < hi and (a.is_op or a.comm is not None):
+                    inside = True
+                    break
+                p = a.parent
+            if not inside:
+                out.append(n)
+        return sorted(out, key=lambda n: n.id)
+
+    def _outermost(self, starts: list[int], skip_root: bool = False) -> list[OpNode]:
         out: list[OpNode] = []
-        stack = [c for s in reversed(starts) for c in reversed(self.nodes[s].children)]
+        stack = [c for s in reversed(starts) for c in reversed(self.nodes[s].children)] if skip_root else list(
+            reversed(starts))
         while stack:
             n = self.nodes[stack.pop()]
             if n.is_op or n.comm is not None:
