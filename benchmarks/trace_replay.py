@@ -30,7 +30,8 @@ from _machine import cpu_facts
 
 from recstack.spec import load_config
 from recstack.trace import CaptureOptions, capture, load_trace
-from recstack.trace.replay import replay
+from recstack.trace.capture import IterationRunner
+from recstack.trace.replay import Replayer, replay
 
 
 def one(model: str, scale: float, batch: int | None, args: argparse.Namespace, tmp: Path, k: int) -> dict:
@@ -41,13 +42,29 @@ def one(model: str, scale: float, batch: int | None, args: argparse.Namespace, t
     meta = capture(model, spec, ts, out, CaptureOptions(iterations=args.iterations, timing_iterations=args.timing,
                                                         warmup=args.warmup, save_indices=True, seed=k))
     r = replay(out, iterations=args.replays, warmup=5, per_op=False)
+    # interleaved: the model's own iterations and replayed ones in alternating blocks, so both see
+    # the same machine state (this host's speed drifts by tens of percent within minutes)
+    from recstack.train.dist import DistInfo
+
     g = load_trace(out)
+    runner = IterationRunner(spec, ts, CaptureOptions(warmup=0, timing_iterations=args.replays, iterations=1,
+                                                      seed=k), DistInfo(), "cpu")
+    rp = Replayer(g, resources=out / "rank0.et_resources")
+    runner.timed(5)
+    rp.time(5, 0)
+    own, rep = [], []
+    for _ in range(args.blocks):
+        own += runner.timed(5)
+        rep += rp.time(5, 0)
+    inter = statistics.median(rep) / statistics.median(own)
     it = g.iteration()
     nodes = sum(1 for _ in g.subtree(it.id)) - 1  # what the observer wrote per iteration
     rk = meta["ranks"][0]
     per_node_us = (rk["observer_ms"] - rk["iteration_ms"]) * 1e3 / nodes
     return {"nodes_per_iteration": nodes, "observer_us_per_node": per_node_us,"model": model, "batch_size": ts.batch_size, "captured_ms": r.captured_ms, "replayed_ms": r.replayed_ms,
             "ratio": r.replayed_ms / r.captured_ms, "coverage": r.coverage, "ops": r.ops,
+            "own_ms_interleaved": statistics.median(own), "replayed_ms_interleaved": statistics.median(rep),
+            "ratio_interleaved": inter,
             "not_rebuilt": [x["name"] for x in r.not_rebuilt], "observer_overhead": meta["observer_overhead"],
             "profiled_overhead": meta["profiled_overhead"]}
 
@@ -62,6 +79,7 @@ def main() -> None:
     ap.add_argument("--timing", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--replays", type=int, default=30)
+    ap.add_argument("--blocks", type=int, default=8, help="interleaved blocks of 5 own + 5 replayed iterations")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     facts = cpu_facts()
@@ -76,21 +94,23 @@ def main() -> None:
                 r = one(model, args.scale, args.batch_size, args, Path(tmp), k)
                 rows.append(r)
                 print(f"  {model} round {k + 1}: captured {r['captured_ms']:.2f} ms, replayed {r['replayed_ms']:.2f} ms "
-                      f"(x{r['ratio']:.3f}), coverage {r['coverage']:.1%}, observer overhead "
+                      f"(x{r['ratio']:.3f}); interleaved {r['own_ms_interleaved']:.2f} vs {r['replayed_ms_interleaved']:.2f} ms "
+                      f"(x{r['ratio_interleaved']:.3f}); coverage {r['coverage']:.1%}, observer overhead "
                       f"{r['observer_overhead']:+.1%} ({r['nodes_per_iteration']} ET nodes/iteration, "
                       f"{r['observer_us_per_node']:.1f} us each)", flush=True)
     summary = {}
     print(f"\n{'model':14s} {'batch':>6s} {'captured ms':>12s} {'replayed ms':>12s} {'ratio':>7s} {'coverage':>9s} "
-          f"{'ET overhead':>12s} {'nodes/it':>9s} {'us/node':>8s}  not rebuilt")
+          f"{'interleaved':>11s} {'ET overhead':>12s} {'nodes/it':>9s} {'us/node':>8s}  not rebuilt")
     for model in args.models.split(","):
         rs = [r for r in rows if r["model"] == model]
         s = {k: statistics.median(r[k] for r in rs) for k in ("captured_ms", "replayed_ms", "ratio", "coverage",
                                                              "observer_overhead", "profiled_overhead",
-                                                             "nodes_per_iteration", "observer_us_per_node")}
+                                                             "nodes_per_iteration", "observer_us_per_node",
+                                                             "ratio_interleaved")}
         s["not_rebuilt"] = sorted({n for r in rs for n in r["not_rebuilt"]})
         summary[model] = s
         print(f"{model:14s} {rs[0]['batch_size']:6d} {s['captured_ms']:12.2f} {s['replayed_ms']:12.2f} "
-              f"{s['ratio']:7.3f} {s['coverage']:9.1%} {s['observer_overhead']:+12.1%} {s['nodes_per_iteration']:9.0f} "
+              f"{s['ratio']:7.3f} {s['coverage']:9.1%} {s['ratio_interleaved']:11.3f} {s['observer_overhead']:+12.1%} {s['nodes_per_iteration']:9.0f} "
               f"{s['observer_us_per_node']:8.1f}  "
               f"{', '.join(s['not_rebuilt']) or '-'}")
     if args.json:

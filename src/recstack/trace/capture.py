@@ -55,7 +55,7 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-class _Runner:
+class IterationRunner:
     """One rank's model and pre-built batches; `iteration()` is what gets traced."""
 
     def __init__(self, spec: ModelSpec, ts: TrainSpec, opts: CaptureOptions, info: Any, device: str) -> None:
@@ -113,7 +113,7 @@ def _capture_rank(spec: ModelSpec, ts: TrainSpec, opts: CaptureOptions, out: Pat
                   device: str) -> dict[str, Any]:
     from torch.profiler import ExecutionTraceObserver, ProfilerActivity, profile, record_function
 
-    r = _Runner(spec, ts, opts, info, device)
+    r = IterationRunner(spec, ts, opts, info, device)
     rank = info.rank
     r.timed(opts.warmup)
     plain = r.timed(opts.timing_iterations)
