@@ -50,8 +50,12 @@ def capture_cmd(
         raise ConfigError(f"--device must be cpu or cuda, got {device!r}")
     opts = CaptureOptions(mode=mode, iterations=iterations, timing_iterations=timing_iterations, nproc=nproc,
                           device=device, backend=backend, save_indices=save_indices, seed=seed)
+    import os
+
     with console().status(f"capturing {spec.name} ({nproc} process{'es' if nproc > 1 else ''})"):
         meta = capture(config, spec, ts, out, opts)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun: rank 0 reports for all
+        return
     t = Table(title=f"trace capture: {spec.name}, batch {ts.batch_size}, {mode}", box=box.SIMPLE_HEAD)
     for col in ("rank", "iteration ms", "with ET observer", "overhead", "with profiler + ET", "overhead"):
         t.add_column(col, justify="right")

@@ -130,13 +130,18 @@ def join_kineto(nodes: dict[int, OpNode], path: str | Path) -> dict[str, Any]:
     return k.get("distributedInfo") or {}
 
 
+_DTYPE_BYTES = {"Float": 4, "Double": 8, "Half": 2, "BFloat16": 2, "Long": 8, "Int": 4, "Short": 2, "Char": 1,
+                "Byte": 1, "Bool": 1, "Float8_e4m3fn": 1, "Float8_e5m2": 1}
+
+
 def _comm(n: OpNode, backend: str, default_pg: str) -> CommInfo | None:
     """Communication attributes of a collective node: c10d::<op>, record_param_comms (NCCL), gloo:<op>."""
     name = n.name
     attrs = n.attrs
     if name == "record_param_comms" or "collective_name" in attrs:
         coll = str(attrs.get("collective_name", ""))
-        elem = int(attrs.get("dtype_size", 0) or 0) or next((t.elem_bytes for t in n.input_tensors()), 4)
+        elem = (int(attrs.get("dtype_size", 0) or 0) or _DTYPE_BYTES.get(str(attrs.get("dtype", "")), 0)
+                or next((t.elem_bytes for t in n.input_tensors()), 4))
         in_b = int(attrs.get("in_msg_nelems", 0) or 0) * elem
         out_b = int(attrs.get("out_msg_nelems", 0) or 0) * elem
         kind = COLLECTIVES.get(coll.lower().lstrip("_").removesuffix("_"), coll.upper() or "UNKNOWN")
@@ -188,7 +193,18 @@ def load_trace(path: str | Path, rank: int = 0, kineto: str | Path | None = None
     default_pg = str(meta["pg_config"][0]["pg_name"]) if meta["pg_config"] else "0"
     for n in nodes.values():
         n.comm = _comm(n, meta["backend"], default_pg)
-    # gloo:<op> ranges duplicate their c10d op; mark only the c10d node as the collective
+    # NCCL (and newer gloo) runs record a record_param_comms range inside the c10d op: it names the
+    # process group and the message sizes, so the op takes its attributes and the range drops its own
+    for n in nodes.values():
+        if n.comm is None or not n.name.startswith("c10d::"):
+            continue
+        stack = list(n.children)
+        while stack:
+            c = nodes[stack.pop()]
+            if c.name == "record_param_comms" and c.comm is not None:
+                n.comm, c.comm = c.comm, None
+                break
+            stack.extend(c.children)
     return TraceGraph(meta, nodes)
 
 
