@@ -142,7 +142,7 @@ BackendOpt = Annotated[str, _Opt("--backend", help="Embedding backend: torch, fu
 SamplesOpt = Annotated[int | None, _Opt("--samples", help="Samples to synthesise with --synthetic.")]
 EvalOpt = Annotated[int | None, _Opt("--eval-every", help="Steps between validation runs.")]
 LogOpt = Annotated[int | None, _Opt("--log-every", help="Steps between train-loss rows in metrics.jsonl.")]
-PlanOpt = Annotated[Path | None, _Opt("--plan", help="JSON {table_name: rank} placing tables on ranks.")]
+PlanOpt = Annotated[Path | None, _Opt("--plan", help="Table placement: a table-wise plan from `recstack shard plan`, or JSON {table_name: rank}.")]
 ProgressOpt = Annotated[bool, _Opt("--progress/--no-progress", help="Progress bar on stderr (TTY only).")]
 CkptEveryOpt = Annotated[
     int | None, _Opt("--checkpoint-every", help="Steps between full checkpoints (atomic, checksummed, background).")

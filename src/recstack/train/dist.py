@@ -59,15 +59,44 @@ def place_tables(tables: list[TableSpec], world_size: int, plan: dict[str, int] 
     return [int(r) for r in ranks]  # type: ignore[arg-type]
 
 
+def _sharding_plan_ranks(data: dict, p: Path) -> dict[str, int]:
+    """Table -> rank of a `recstack-sharding-plan/1` plan whose tables are each whole on one rank."""
+    from recstack.spec import ShardingPlan, validate
+
+    plan = validate(ShardingPlan, data, str(p))
+    out: dict[str, int] = {}
+    split = []
+    for name, t in plan.tables.items():
+        # table_wise, or any type with a single shard at the origin (TorchRec may call a whole table on
+        # one rank column_wise): the table lives whole on that rank.
+        whole = t.sharding_type == "table_wise" or (
+            t.sharding_type != "data_parallel" and len(t.ranks) == 1
+            and all(o == [0, 0] for o in t.shard_offsets))
+        if whole:
+            out[name] = t.ranks[0]
+        else:
+            split.append(f"{name!r} is {t.sharding_type} over ranks {t.ranks}")
+    if split:
+        more = f" (and {len(split) - 1} more)" if len(split) > 1 else ""
+        raise ConfigError(f"{p}: table {split[0]}{more}: the trainer places whole tables on ranks, so it "
+                          f"takes table-wise plans only (plan with a table-wise planner, e.g. "
+                          f"size-lookup-greedy or torchrec-table-wise)")
+    return out
+
+
 def load_plan(path: str | Path) -> dict[str, int]:
-    """Read a `{table_name: rank}` JSON (also accepted under a top-level "placement" key)."""
+    """Read a table placement: a sharding plan (`{"format": "recstack-sharding-plan/1", ...}`, as
+    `recstack shard plan` writes; table-wise tables only), or a `{table_name: rank}` JSON (also
+    accepted under a top-level "placement" key)."""
     p = Path(path)
     try:
         data = json.loads(p.read_text())
     except FileNotFoundError:
         raise ConfigError(f"{p}: plan file not found") from None
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ConfigError(f"{p}: cannot read plan ({e})") from None
+    if isinstance(data, dict) and "format" in data:
+        return _sharding_plan_ranks(data, p)
     if isinstance(data, dict) and isinstance(data.get("placement"), dict):
         data = data["placement"]
     if not isinstance(data, dict) or not all(isinstance(v, int) for v in data.values()):
