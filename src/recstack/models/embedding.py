@@ -249,8 +249,10 @@ class _FusedBags(nn.Module):
                 sub.indices + shift, self.weights[g], offsets, mode="sum", sparse=True,
                 per_sample_weights=None, include_last_offset=True,
             )
-            for i, t in enumerate(members):
-                out[t] = pooled[i * b : (i + 1) * b]
+            # one split, not a slice per table: each slice's backward would zero-fill a tensor of
+            # the whole pooled output (T slices -> O(T^2) memory traffic); split's is one cat
+            for t, part in zip(members, pooled.split(b)):
+                out[t] = part
         return out  # type: ignore[return-value]
 
 
