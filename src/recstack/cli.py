@@ -26,6 +26,7 @@ app = typer.Typer(
 def _register() -> None:
     from recstack.data.cli import app as data_app
     from recstack.models.cli import app as models_app
+    from recstack.shard.cli import app as shard_app
     from recstack.sustain.cli import app as carbon_app
     from recstack.trace.cli import app as trace_app
     from recstack.train.cli import cpr_experiment, demo, train
@@ -37,6 +38,8 @@ def _register() -> None:
     app.command("cpr-experiment", help="Recovery policies (full, CPR, MFU, SSU) under the same emulated failures.")(
         cpr_experiment
     )
+    app.add_typer(shard_app, name="shard",
+                  help="Embedding sharding: table pools and tasks, planners, measured cost, TorchRec plans, bench.")
     app.add_typer(trace_app, name="trace",
                   help="Execution traces: capture, stats, Chakra export, replay, what-if synthesis.")
     app.add_typer(carbon_app, name="carbon",
