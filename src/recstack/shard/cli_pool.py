@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich import box
 from rich.console import Console
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from recstack.spec.sharding import TablePool
 
 _Opt = typer.Option
 
@@ -20,7 +24,7 @@ def _console() -> Console:
     return c
 
 
-def _write(what: str, path: Path, fn) -> None:
+def _write(what: str, path: Path, fn: Callable[[], Any]) -> None:
     from recstack.errors import DataError
 
     try:
@@ -73,6 +77,8 @@ def pool_cmd(
         raise ConfigError("--tables applies to synthetic pools; a pool from data has the data's tables")
     if data is None and config is not None:
         raise ConfigError("--config applies to pools from data (--from-stats / --from-indices)")
+    if config is None and scale != 1.0:
+        raise ConfigError("--scale applies with --config (the row scale of that model config)")
     c = _console()
     if from_stats is not None:
         pool = pool_from_stats(from_stats, dim=dim, config=config, scale=scale, dtype=dtype)
@@ -91,7 +97,8 @@ def pool_cmd(
     c.print(f"wrote {out} and {png}")
 
 
-def render_pool(pool, c: Console) -> None:
+def render_pool(pool: TablePool, c: Console) -> None:
+    """The calibration (or fit) of a pool as rich tables."""
     import numpy as np
 
     from recstack.shard.pool import pool_summary
