@@ -55,7 +55,11 @@ def bench_cmd(
             except ValueError:
                 raise ConfigError(f"--task-ids: cannot read {part!r} (write e.g. 0,3,5-9)") from None
     cache_dir = cache if cache is not None else tasks_file.with_suffix(".costcache")
-    kw = {"cache": cache_dir, "comm": comm, **({"reps": reps} if reps is not None else {})}
+    kw: dict = {"cache": cache_dir, "comm": comm}
+    if reps is not None:  # fewer repetitions: as many blocks as repetitions at most
+        from recstack.shard.measure import DEFAULT_BLOCKS
+
+        kw.update(reps=reps, blocks=min(DEFAULT_BLOCKS, reps))
 
     def measure(items):
         return measure_plans(items, **kw)
