@@ -13,13 +13,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 from rich.table import Table
 
 from recstack.data.criteo import REFERENCE_MB_PER_S, PreprocessReport, preprocess_criteo
-
-
-def _console() -> Console:
-    c = Console(highlight=False, soft_wrap=True)
-    if not c.is_terminal and c.width < 100:
-        c = Console(highlight=False, soft_wrap=True, width=100)
-    return c
+from recstack.ui import console as ui_console
 
 
 def preprocess(
@@ -83,12 +77,12 @@ def preprocess(
             inputs, out, row_cap=row_cap, remap=remap, min_count=min_count,  # type: ignore[arg-type]
             split=split, strict=strict, workers=workers, progress=on_progress,  # type: ignore[arg-type]
         )
-    print_report(report, _console())
+    print_report(report, ui_console())
 
 
 def print_report(report: PreprocessReport, console: Console | None = None) -> None:
     """The end-of-run summary: samples, skipped lines (first line numbers), speed, split sizes."""
-    console = console or _console()
+    console = console or ui_console()
     t = Table(title="recstack data preprocess", box=box.SIMPLE_HEAD, show_header=False)
     t.add_column("what")
     t.add_column("value", justify="right")

@@ -6,21 +6,13 @@ import json
 
 import typer
 from rich import box
-from rich.console import Console
 from rich.table import Table
 
 from recstack.models.describe import describe
 from recstack.spec import list_model_configs, load_model_spec
+from recstack.ui import console as ui_console
 
 app = typer.Typer(no_args_is_help=True)
-
-
-def _console() -> Console:
-    """Rich console; at least 110 columns when stdout is not a terminal so tables are not squeezed."""
-    c = Console(highlight=False, soft_wrap=True)
-    if not c.is_terminal and c.width < 110:
-        c = Console(highlight=False, soft_wrap=True, width=110)
-    return c
 
 
 def _si(x: float) -> str:
@@ -44,7 +36,7 @@ def list_models() -> None:
             name, d["family"], d["interaction"], str(d["num_tables"]), _si(d["params"]),
             f"{d['embedding_bytes'] / 1e9:.3f}", _si(d["dense_flops_per_sample"]),
         )
-    _console().print(table)
+    ui_console().print(table)
 
 
 @app.command("show")
@@ -76,7 +68,7 @@ def show(
     ]
     for r in rows:
         summary.add_row(str(r[0]), str(r[1]), str(r[2]))
-    console = _console()
+    console = ui_console()
     console.print(summary)
     layers = Table(title="dense layers (forward order)")
     layers.add_column("layer")

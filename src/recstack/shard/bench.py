@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from recstack.errors import ConfigError, RecstackError
-from recstack.io import atomic_open, atomic_write_json
+from recstack.io import atomic_write_json, save_figure
 from recstack.spec.sharding import ShardingPlan, ShardTask, TaskSet
 
 
@@ -145,11 +145,7 @@ def plot_bench(rows: list[dict[str, Any]], summary: dict[str, Any], path: str | 
     ax.grid(axis="y", alpha=0.3)
     plt.setp(ax.get_xticklabels(), rotation=20, ha="right")
     fig.tight_layout()
-    p = Path(path)
-    with atomic_open(p, "wb") as f:
-        fig.savefig(f, format="png", dpi=120)
-    plt.close(fig)
-    return p
+    return save_figure(fig, path)
 
 
 def write_results(out: Path, rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:

@@ -7,19 +7,13 @@ from typing import Annotated
 
 import typer
 from rich import box
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from recstack.ui import console as ui_console
+
 _Opt = typer.Option
 DEFAULT_PLANNERS = "random,round-robin,dim-greedy,size-greedy,lookup-greedy,size-lookup-greedy,torchrec"
-
-
-def _console() -> Console:
-    c = Console(highlight=False, soft_wrap=True)
-    if not c.is_terminal and c.width < 110:
-        c = Console(highlight=False, soft_wrap=True, width=110)
-    return c
 
 
 def bench_cmd(
@@ -65,7 +59,7 @@ def bench_cmd(
         return measure_plans(items, **kw)
     n = len(ids if ids is not None else ts.tasks) * len(names)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=_console(), transient=True) as bar:
+                  console=ui_console(), transient=True) as bar:
         job = bar.add_task("planning and measuring", total=n)
         rows = run_bench(ts, names, measure=measure, seed=seed, task_ids=ids,
                          progress=lambda what, k: bar.update(job, advance=k, description=what))
@@ -80,7 +74,7 @@ def bench_cmd(
                   f"{s['median_cost_ms']:.2f}" if s["median_cost_ms"] is not None else "-",
                   f"{s['geomean_vs_reference']:.3f}" if s["geomean_vs_reference"] is not None else "-",
                   str(s["wins"]), f"{s['median_plan_s']:.3f}", f"{s['median_mem_max_over_mean']:.2f}")
-    c = _console()
+    c = ui_console()
     c.print(t)
     if "best_heuristic" in summary:
         b = summary["best_heuristic"]

@@ -8,21 +8,14 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from recstack.ui import console as ui_console
+
 if TYPE_CHECKING:
     from rich.console import Console
 
     from recstack.shard.measure import PlanCost
 
 _Opt = typer.Option
-
-
-def _console(stderr: bool = False) -> Console:
-    from rich.console import Console
-
-    c = Console(highlight=False, soft_wrap=True, stderr=stderr)
-    if not c.is_terminal and c.width < 110:
-        c = Console(highlight=False, soft_wrap=True, width=110, stderr=stderr)
-    return c
 
 
 def _names(names: list[str], width: int = 44) -> str:
@@ -38,7 +31,7 @@ def print_cost(pc: PlanCost, plan_name: str, console: Console | None = None) -> 
 
     from recstack.shard.plan import fmt_bytes
 
-    c = console or _console()
+    c = console or ui_console()
     b = pc.bottleneck
     t = Table(title=f"measured cost of {plan_name} on task {pc.task}: {pc.cost_ms:.3f} ms "
                     f"(max over devices: device {b})", box=box.SIMPLE_HEAD)
@@ -123,7 +116,7 @@ def measure_cmd(
     p = load_plan(plan)
     cache_dir = cache if cache is not None else tasks.with_name(tasks.name + ".costcache")
     cdir = None if no_cache else cache_dir
-    err = _console(stderr=True)
+    err = ui_console(stderr=True)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     with Progress(TextColumn("measuring {task.description}"), BarColumn(), MofNCompleteColumn(),

@@ -8,21 +8,14 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from recstack.ui import console as ui_console
+
 if TYPE_CHECKING:
     from rich.console import Console
 
     from recstack.spec import ShardingPlan, ShardTask
 
 _Opt = typer.Option
-
-
-def _console() -> Console:
-    from rich.console import Console
-
-    c = Console(highlight=False, soft_wrap=True)
-    if not c.is_terminal and c.width < 110:
-        c = Console(highlight=False, soft_wrap=True, width=110)
-    return c
 
 
 def _names(names: list[str], width: int = 48) -> str:
@@ -37,7 +30,7 @@ def print_plan(plan: ShardingPlan, task: ShardTask, console: Console | None = No
 
     from recstack.shard.plan import device_summary, fmt_bytes
 
-    c = console or _console()
+    c = console or ui_console()
     rows = device_summary(plan, task)
     t = Table(title=f"plan: {plan.planner or '?'} for task {task.id} ({len(task.tables)} tables, {task.devices} "
                     f"devices x {fmt_bytes(task.mem_bytes)})", box=box.SIMPLE_HEAD)
@@ -81,7 +74,7 @@ def plan_cmd(
     p = get_planner(planner)
     plan = make_plan(t, p, seed)
     save_plan(plan, out)
-    c = _console()
+    c = ui_console()
     print_plan(plan, t, c)
     c.print(f"written: {out}")
 
@@ -115,7 +108,7 @@ def export_torchrec_cmd(
         raise ConfigError("--task applies with --tasks only")
     tr = to_torchrec(p, t, module_path, device)
     pt, js = save_torchrec_plan(tr, out)
-    c = _console()
+    c = ui_console()
     c.print(str(tr))
     c.print(f"written: {pt} (torch.save of torchrec.distributed.types.ShardingPlan; "
             f"torch.load(..., weights_only=False) with torchrec installed) and {js} (readable JSON)")
@@ -140,6 +133,6 @@ def import_torchrec_cmd(
     plan = from_torchrec(tr, t, module_path, planner="torchrec-import", where=str(file))
     plan = plan.model_copy(update={"meta": {"source": str(file)}})
     save_plan(plan, out)
-    c = _console()
+    c = ui_console()
     print_plan(plan, t, c)
     c.print(f"written: {out}")

@@ -11,17 +11,12 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from recstack.ui import console as ui_console
+
 if TYPE_CHECKING:
     from recstack.spec.sharding import TablePool
 
 _Opt = typer.Option
-
-
-def _console() -> Console:
-    c = Console(highlight=False, soft_wrap=True)
-    if not c.is_terminal and c.width < 110:
-        c = Console(highlight=False, soft_wrap=True, width=110)
-    return c
 
 
 def _write(what: str, path: Path, fn: Callable[[], Any]) -> None:
@@ -79,7 +74,7 @@ def pool_cmd(
         raise ConfigError("--config applies to pools from data (--from-stats / --from-indices)")
     if config is None and scale != 1.0:
         raise ConfigError("--scale applies with --config (the row scale of that model config)")
-    c = _console()
+    c = ui_console()
     if from_stats is not None:
         pool = pool_from_stats(from_stats, dim=dim, config=config, scale=scale, dtype=dtype)
     elif from_indices is not None:
@@ -185,7 +180,7 @@ def tasks_cmd(
     p = load_pool(pool)
     ts, rep = generate_tasks(p, tables, devices, count, split, mem_gb, dims, seed, batch_size, split_seed, dtype)
     _write("tasks", out, lambda: save_tasks(ts, out))
-    c = _console()
+    c = ui_console()
     if not quiet:
         t = Table(title=f"{count} tasks from {p.name} ({split}: {len(rep['split_tables'])} tables), {tables} "
                         f"tables on {devices} x {mem_gb:g} GiB, batch {batch_size:,}", box=box.SIMPLE_HEAD)

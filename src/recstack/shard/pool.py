@@ -994,7 +994,8 @@ def plot_pool(pool: TablePool, path: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from recstack.io import atomic_open
+    from recstack.io import save_figure
+
 
     s = pool_summary(pool)
     x = np.arange(NUM_BINS)
@@ -1022,8 +1023,4 @@ def plot_pool(pool: TablePool, path: str | Path) -> Path:
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    p = Path(path)
-    with atomic_open(p, "wb") as f:
-        fig.savefig(f, format="png", dpi=120)
-    plt.close(fig)
-    return p
+    return save_figure(fig, path)

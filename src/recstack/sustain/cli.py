@@ -8,7 +8,6 @@ from typing import Annotated, Any
 
 import typer
 from rich import box
-from rich.console import Console
 from rich.table import Table
 from typer._click.core import Context  # typer vendors click
 from typer.core import TyperGroup
@@ -20,6 +19,7 @@ from recstack.sustain.fleet import FleetConfig, fleet_whatif, load_fleet, plot_f
 from recstack.sustain.operational import DEFAULT_PUE
 from recstack.sustain.report import DEFAULT_LOCATION, run_report
 from recstack.sustain.tables import DEFAULT_LOCATION_TABLE
+from recstack.ui import console as ui_console
 
 
 class _RunDirDefault(TyperGroup):
@@ -32,13 +32,6 @@ class _RunDirDefault(TyperGroup):
 
 
 app = typer.Typer(cls=_RunDirDefault, no_args_is_help=True)
-
-
-def _console() -> Console:
-    c = Console(highlight=False, soft_wrap=True)
-    if not c.is_terminal and c.width < 110:
-        c = Console(highlight=False, soft_wrap=True, width=110)
-    return c
 
 
 def _kg(x: float | None) -> str:
@@ -84,7 +77,7 @@ def run_cmd(
         t.add_row("per sample", f"{r['per_sample_g']:.3g} g", "CO2e per training sample")
     if "per_query_g" in r:
         t.add_row("per query", f"{r['per_query_g']:.3g} g", "CO2e per query")
-    c = _console()
+    c = ui_console()
     c.print(t)
     for n in r.get("energy_notes") or []:
         c.print(f"note: {n}")
@@ -114,7 +107,7 @@ def bom_cmd(
     for kind, kg in sorted(fp.by_kind().items(), key=lambda kv: -kv[1]):
         t.add_row(f"all {kind}", "", "", "", _kg(kg), f"{kg / total:.1%}" if total else "-")
     t.add_row("total", "", "", "", _kg(total), "100%")
-    _console().print(t)
+    ui_console().print(t)
 
 
 @app.command("fleet")
@@ -145,7 +138,7 @@ def fleet_cmd(
     if as_json:
         print(json.dumps(r, indent=2))
         return
-    c = _console()
+    c = ui_console()
     d = Table(title=f"fleet {r['name']}: devices", box=box.SIMPLE_HEAD)
     for col in ("device", "count", "utilisation", "mean W", "embodied each", "lifetime y", "MWh/year (x PUE)"):
         d.add_column(col, justify="left" if col == "device" else "right")

@@ -117,7 +117,7 @@ def plot_fleet(result: dict[str, Any], path: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from recstack.io import atomic_open
+    from recstack.io import save_figure
 
     years = result["series_years"]
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
@@ -143,8 +143,4 @@ def plot_fleet(result: dict[str, Any], path: str | Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7.5, loc="lower right")
     fig.tight_layout()
-    p = Path(path)
-    with atomic_open(p, "wb") as f:
-        fig.savefig(f, format="png", dpi=120)
-    plt.close(fig)
-    return p
+    return save_figure(fig, path)

@@ -7,18 +7,13 @@ from typing import Annotated
 
 import typer
 from rich import box
-from rich.console import Console
 from rich.table import Table
+
+from recstack.ui import console
 
 app = typer.Typer(no_args_is_help=True)
 _Opt = typer.Option
 
-
-def console() -> Console:
-    c = Console(highlight=False, soft_wrap=True)
-    if not c.is_terminal and c.width < 110:
-        c = Console(highlight=False, soft_wrap=True, width=110)
-    return c
 
 
 @app.command("capture")

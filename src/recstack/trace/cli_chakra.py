@@ -24,8 +24,8 @@ def export_chakra_cmd(
 
     from recstack.errors import DataError
     from recstack.trace.chakra import export_chakra, read_chakra, summarize
-    from recstack.trace.cli import console
     from recstack.trace.load import load_ranks
+    from recstack.ui import console
 
     if not capture_dir.exists():
         raise DataError(f"{capture_dir}: no such capture directory")

@@ -27,8 +27,8 @@ def replay_cmd(
 ) -> None:
     """Rebuild the top-level operators of one iteration and time them: a benchmark without model or data."""
     from recstack.errors import ConfigError
-    from recstack.trace.cli import console
     from recstack.trace.replay import replay
+    from recstack.ui import console
 
     if iterations < 1 or warmup < 0:
         raise ConfigError("--iterations must be >= 1 and --warmup >= 0")

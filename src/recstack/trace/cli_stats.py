@@ -10,7 +10,7 @@ import typer
 from rich import box
 from rich.table import Table
 
-from recstack.trace.cli import console
+from recstack.ui import console
 
 _Opt = typer.Option
 

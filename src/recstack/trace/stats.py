@@ -392,7 +392,7 @@ def plot_stats(result: dict[str, Any], path: str | Path, top: int = 10) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from recstack.io import atomic_open
+    from recstack.io import save_figure
 
     ranks = result["ranks"]
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.8), gridspec_kw={"width_ratios": [max(2, len(ranks)), 5]})
@@ -431,8 +431,4 @@ def plot_stats(result: dict[str, Any], path: str | Path, top: int = 10) -> Path:
         title += " (synthesized)"
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
-    p = Path(path)
-    with atomic_open(p, "wb") as f:
-        fig.savefig(f, format="png", dpi=120)
-    plt.close(fig)
-    return p
+    return save_figure(fig, path)

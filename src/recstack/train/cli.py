@@ -17,15 +17,9 @@ from rich.console import Console
 from rich.table import Table
 
 from recstack.errors import ConfigError, DataError
+from recstack.ui import console as ui_console
 
 DEMO_CONFIG = "dlrm-demo"
-
-
-def _console() -> Console:
-    c = Console(highlight=False, soft_wrap=True)
-    if not c.is_terminal and c.width < 100:
-        c = Console(highlight=False, soft_wrap=True, width=100)
-    return c
 
 
 def _fmt(v: Any, digits: int = 4) -> str:
@@ -38,7 +32,7 @@ def _fmt(v: Any, digits: int = 4) -> str:
 
 def print_result(summary: dict[str, Any], out: Path | None, console: Console | None = None) -> None:
     """The end-of-run table: accuracy beside the teacher ceiling, throughput, where results are."""
-    console = console or _console()
+    console = console or ui_console()
     t = Table(title=f"{summary.get('model', '')}: {summary.get('eval_split', 'test')} results",
               box=box.SIMPLE_HEAD, show_header=False)
     t.add_column("metric")
@@ -286,7 +280,7 @@ def demo(
     from recstack.train.run import resolve_steps
     from recstack.train.run import train as run_train
 
-    console = _console()
+    console = ui_console()
     t0 = time.perf_counter()
     spec, ts = load_config(DEMO_CONFIG)
     ts = ts.model_copy(update={"seed": seed})
@@ -354,7 +348,7 @@ def cpr_experiment(
     except ValueError:
         raise ConfigError(f"--pls-sweep: expected comma-separated numbers, got {pls_sweep!r}") from None
     pols = tuple(p.strip() for p in policies.split(",") if p.strip())
-    console = _console()
+    console = ui_console()
     data = _synth_data(spec, out / "data", samples, ts.seed, config, scale, progress)
     rec = {"emb_nodes": emb_nodes, "job_hours": job_hours, "mtbf_s": mtbf}
     rows = run_experiment(spec, ts, data, out, seeds=seeds, policies=pols, target_pls=target_pls, pls_sweep=sweep,

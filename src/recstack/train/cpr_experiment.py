@@ -16,7 +16,7 @@ from typing import Any
 
 from recstack.data import Store
 from recstack.errors import ConfigError
-from recstack.io import atomic_write_json
+from recstack.io import atomic_write_json, save_figure
 from recstack.spec import ModelSpec, TrainSpec
 from recstack.train.recovery import POLICIES
 from recstack.train.run import train
@@ -126,7 +126,4 @@ def plot_experiment(rows: list[dict[str, Any]], path: Path, main_pls: float) -> 
         ax2.set_title("accuracy cost of partial recovery")
         ax2.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path, dpi=110)

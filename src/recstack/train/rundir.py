@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from recstack.io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
+from recstack.io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl, save_figure
 from recstack.spec import ModelSpec, TrainSpec
 
 CONFIG = "config.yaml"
@@ -92,8 +92,5 @@ def plot_learning_curve(rows: list[dict[str, Any]], out: Path, teacher_auc: floa
     if title:
         ax.set_title(title)
     fig.tight_layout()
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(out)
+    save_figure(fig, out, dpi=100)
     return out
