@@ -126,3 +126,20 @@ def save_figure(fig: Any, path: str | Path, dpi: int = 120) -> Path:
         fig.savefig(f, format="png", dpi=dpi)
     plt.close(fig)
     return path
+
+
+def read_json(path: str | Path, what: str = "JSON file") -> Any:
+    """Parsed JSON; a missing, unreadable or malformed file is a one-line DataError naming it (and the line)."""
+    from recstack.errors import DataError
+
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"{path}: {what} not found") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a directory, expected a {what}") from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: line {e.lineno}: invalid JSON ({e.msg})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read {what} ({e})") from None

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from recstack.errors import ConfigError
+from recstack.errors import ConfigError, DataError
 from recstack.shard.plan import PLAN_FORMAT, check_plan, device_summary, load_plan, save_plan, table_wise_plan
 from recstack.shard.planners import make_plan
 from recstack.spec import ShardingPlan, ShardTable, ShardTask, TableSharding, TaskSet
@@ -82,10 +82,10 @@ def test_plan_json_errors_name_file_and_field(tmp_path, mutate, words):
 
 
 def test_unreadable_plan_files(tmp_path):
-    with pytest.raises(ConfigError, match="nope.json: plan file not found"):
+    with pytest.raises(DataError, match="nope.json: plan file not found"):
         load_plan(tmp_path / "nope.json")
     (tmp_path / "x.json").write_text("{not json")
-    with pytest.raises(ConfigError, match="x.json: cannot read plan"):
+    with pytest.raises(DataError, match="x.json: line 1: invalid JSON"):
         load_plan(tmp_path / "x.json")
 
 

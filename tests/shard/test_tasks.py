@@ -121,7 +121,7 @@ def test_tasks_file_round_trip_and_errors(tmp_path):
     ts = make_tasks(_pool(30), 4, 2, 3, "all", mem_gb=100)
     p = save_tasks(ts, tmp_path / "tasks.json")
     assert load_tasks(p) == ts
-    with pytest.raises(DataError, match="missing.json: file not found"):
+    with pytest.raises(DataError, match="missing.json: tasks file not found"):
         load_tasks(tmp_path / "missing.json")
     data = json.loads(p.read_text())
     data["tasks"][1]["devices"] = 0

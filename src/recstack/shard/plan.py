@@ -16,14 +16,13 @@ replica on every rank (its shard_sizes list the replicas).
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
 
 from recstack.errors import ConfigError
-from recstack.io import atomic_write_json
-from recstack.spec import ShardingPlan, ShardTable, ShardTask, TableSharding, TaskSet, validate
+from recstack.io import atomic_write_json, read_json
+from recstack.spec import ShardingPlan, ShardTable, ShardTask, TableSharding, validate
 from recstack.spec.sharding import DTYPE_BYTES
 
 PLAN_FORMAT = "recstack-sharding-plan/1"
@@ -42,14 +41,10 @@ def fmt_bytes(n: float) -> str:
 # ---------------------------------------------------------------- tasks
 def load_task(path: str | Path, task_id: int) -> ShardTask:
     """Task `task_id` (its `id` field) of a TaskSet JSON (`recstack shard tasks`)."""
+    from recstack.shard.tasks import load_tasks
+
     p = Path(path)
-    try:
-        data = json.loads(p.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{p}: tasks file not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(f"{p}: cannot read tasks ({e})") from None
-    ts = validate(TaskSet, data, str(p))
+    ts = load_tasks(p)
     for t in ts.tasks:
         if t.id == task_id:
             return t
@@ -236,12 +231,7 @@ def save_plan(plan: ShardingPlan, path: str | Path) -> Path:
 def load_plan(path: str | Path, task: ShardTask | None = None) -> ShardingPlan:
     """Read a plan JSON; errors name the file and the field. With `task`, also `check_plan` it."""
     p = Path(path)
-    try:
-        data = json.loads(p.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{p}: plan file not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(f"{p}: cannot read plan ({e})") from None
+    data = read_json(p, "plan file")
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: a plan is a JSON object with format {PLAN_FORMAT!r}")
     if data.get("format") != PLAN_FORMAT:

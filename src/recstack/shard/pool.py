@@ -56,6 +56,7 @@ import numpy as np
 
 from recstack.data.stats import BIN_LABELS, NUM_BINS, PUBLISHED_2021
 from recstack.errors import ConfigError, DataError
+from recstack.io import read_json
 from recstack.spec.sharding import ShardTable, TablePool
 
 DATASET_BATCH = 65536
@@ -715,18 +716,6 @@ def fit_zipf(rows: Any, lookups: Any, reuse_bins: Any, accesses_per_unique: Any,
     return np.round(fine[np.arange(R.size), k], 4), bins[np.arange(R.size), k]
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except IsADirectoryError:
-        raise DataError(f"{path}: is a directory, expected a JSON file") from None
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: line {e.lineno}: invalid JSON ({e.msg})") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: cannot read ({e})") from None
-
 
 def _config_tables(config: str | None, scale: float) -> dict[str, Any] | None:
     if config is None:
@@ -842,7 +831,7 @@ def pool_from_stats(path: str | Path, *, dim: int | None = None, config: str | N
     Dims: a per-table `dim` in the file, else `config` (a model config, matched by table name),
     else the config recorded in the stats' store provenance (if found), else `dim` (default 16)."""
     p = Path(path)
-    st = _read_json(p)
+    st = read_json(p, "file")
     where = str(p)
     tabs = _need(st, "tables", where, list)
     if not tabs:
@@ -949,7 +938,7 @@ def load_pool(path: str | Path) -> TablePool:
     from recstack.spec.loader import validate
 
     p = Path(path)
-    data = _read_json(p)
+    data = read_json(p, "file")
     try:
         return validate(TablePool, data, str(p))
     except ConfigError as e:

@@ -185,11 +185,11 @@ def make_tasks(pool: TablePool, n_tables: int = 50, devices: int = 4, count: int
 
 def load_tasks(path: str | Path) -> TaskSet:
     """A `TaskSet` JSON (what `recstack shard tasks` writes); errors name the file and field."""
-    from recstack.shard.pool import _read_json
+    from recstack.io import read_json
     from recstack.spec.loader import validate
 
     p = Path(path)
-    data = _read_json(p)
+    data = read_json(p, "tasks file")
     try:
         return validate(TaskSet, data, str(p))
     except ConfigError as e:

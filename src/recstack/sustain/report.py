@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from recstack.errors import ConfigError, DataError
+from recstack.io import read_json
 from recstack.spec import DeviceSpec, load_device
 from recstack.sustain.embodied import BomFootprint, bom_footprint
 from recstack.sustain.operational import DEFAULT_PUE, amortised_kg, check_pue, operational_kg
@@ -28,10 +28,7 @@ def _summary(run_dir: Path) -> dict[str, Any]:
         raise ConfigError(f"{run_dir}: not a run directory")
     if not p.is_file():
         raise ConfigError(f"{run_dir}: no summary.json (is this a finished recstack run?)")
-    try:
-        data = json.loads(p.read_text())
-    except json.JSONDecodeError as e:
-        raise DataError(f"{p}: line {e.lineno}: not valid JSON ({e.msg})") from None
+    data = read_json(p, "run summary")
     if not isinstance(data, dict):
         raise DataError(f"{p}: expected a JSON object")
     return data

@@ -8,7 +8,6 @@ all tables for its own batch slice; its backward sends the gradients back to the
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ import torch
 import torch.distributed as dist
 
 from recstack.errors import ConfigError
+from recstack.io import read_json
 from recstack.spec import TableSpec
 
 
@@ -89,12 +89,7 @@ def load_plan(path: str | Path) -> dict[str, int]:
     `recstack shard plan` writes; table-wise tables only), or a `{table_name: rank}` JSON (also
     accepted under a top-level "placement" key)."""
     p = Path(path)
-    try:
-        data = json.loads(p.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{p}: plan file not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(f"{p}: cannot read plan ({e})") from None
+    data = read_json(p, "plan file")
     if isinstance(data, dict) and "format" in data:
         return _sharding_plan_ranks(data, p)
     if isinstance(data, dict) and isinstance(data.get("placement"), dict):
