@@ -7,9 +7,9 @@ against the carbon tables by `recstack.sustain`, which knows them.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from recstack.errors import ConfigError
 from recstack.spec.units import quantity
@@ -31,35 +31,34 @@ def _check(value: Quantity | None, unit: str) -> Quantity | None:
     return value
 
 
+def _in(unit: str) -> AfterValidator:
+    """A quantity field whose unit must convert to `unit` (checked when the bill is loaded)."""
+    return AfterValidator(lambda v: _check(v, unit))
+
+
+Area = Annotated[Quantity, _in("cm2")]
+Capacity = Annotated[Quantity, _in("GB")]
+Mass = Annotated[Quantity, _in("g")]
+Energy = Annotated[Quantity, _in("kWh")]
+
+
 class SiliconItem(_Strict):
     """One integrated circuit (or a group of identical ones): logic by die area, memory and storage by capacity."""
 
     model: Literal["logic", "dram", "flash", "hdd", "manual"] = "logic"
-    area: Quantity | None = Field(default=None, description="die area (logic)")
-    capacity: Quantity | None = Field(default=None, description="capacity (dram, flash, hdd)")
+    area: Area | None = Field(default=None, description="die area (logic)")
+    capacity: Capacity | None = Field(default=None, description="capacity (dram, flash, hdd)")
     process: str | None = Field(default=None, description="process node (logic) or memory/storage technology")
     n_ics: int = Field(default=0, ge=0, description="packaged ICs, 150 g CO2e each")
     fab_yield: float = Field(default=0.875, gt=0, le=1)
     fab_ci: str | None = Field(default=None, description="fab grid: location, source or 'N g / kWh' (logic)")
     gpa: float | None = Field(default=None, ge=95, le=99, description="fab gas abatement, percent (logic)")
-    carbon: Quantity | None = Field(default=None, description="given footprint (model: manual)")
+    carbon: Mass | None = Field(default=None, description="given footprint (model: manual)")
     share: float = Field(default=1.0, gt=0, le=1, description="fraction attributed (e.g. a VM's slice)")
     note: str = ""
 
-    @field_validator("area")
-    @classmethod
-    def _area(cls, v: Quantity | None) -> Quantity | None:
-        return _check(v, "cm2")
 
-    @field_validator("capacity")
-    @classmethod
-    def _capacity(cls, v: Quantity | None) -> Quantity | None:
-        return _check(v, "GB")
 
-    @field_validator("carbon")
-    @classmethod
-    def _carbon(cls, v: Quantity | None) -> Quantity | None:
-        return _check(v, "kg")
 
     @model_validator(mode="after")
     def _needs(self) -> SiliconItem:
@@ -77,13 +76,9 @@ class PassiveItem(_Strict):
     category: Literal["capacitor"]
     type: Literal["mlcc", "tec"]
     quantity: int = Field(default=1, ge=0)
-    weight: Quantity = Field(description="weight of one component")
+    weight: Mass = Field(description="weight of one component")
     fab_ci: str | None = Field(default=None, description="manufacturing grid (default japan, as ACT)")
 
-    @field_validator("weight")
-    @classmethod
-    def _weight(cls, v: Quantity) -> Quantity:
-        return _check(v, "g")  # type: ignore[return-value]
 
 
 class MaterialItem(_Strict):
@@ -92,25 +87,13 @@ class MaterialItem(_Strict):
     category: Literal["enclosure", "pcb", "battery"]
     type: str | None = None
     quantity: int = Field(default=1, ge=0)
-    weight: Quantity | None = None
-    area: Quantity | None = None
+    weight: Mass | None = None
+    area: Area | None = None
     layers: int | None = Field(default=None, gt=0)
-    capacity: Quantity | None = None
+    capacity: Energy | None = None
 
-    @field_validator("weight")
-    @classmethod
-    def _weight(cls, v: Quantity | None) -> Quantity | None:
-        return _check(v, "g")
 
-    @field_validator("area")
-    @classmethod
-    def _area(cls, v: Quantity | None) -> Quantity | None:
-        return _check(v, "cm2")
 
-    @field_validator("capacity")
-    @classmethod
-    def _capacity(cls, v: Quantity | None) -> Quantity | None:
-        return _check(v, "kWh")
 
     @model_validator(mode="after")
     def _needs(self) -> MaterialItem:
