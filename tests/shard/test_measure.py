@@ -204,6 +204,7 @@ def _load_per_core() -> float:
         return 0.0
 
 
+@pytest.mark.benchmark  # timing on shared cores: run alone with `pytest -m benchmark`, not in make test's parallel run
 def test_reproducible_within_5_percent():
     """The same plan measured twice without a cache agrees within 5%: two independent measurements
     (each builds its own operators and picks its own statistic), interleaved block by block so that
