@@ -103,6 +103,36 @@ def test_dot_interaction_width() -> None:
         assert torch.allclose(z[:, -1], gram[:, 26, 25])
 
 
+@pytest.mark.parametrize("tiled", [True, False])
+def test_dot_interaction_fast_path_is_bit_identical(tiled: bool) -> None:
+    """The fused backend's tiled pooled outputs take _DotFromTiled: same values and gradients, bit for bit."""
+    from recstack.models.interaction import DotInteraction
+
+    spec = small("dlrm-kaggle", 200)
+    model = build_model(spec, backend="fused", seed=1)
+    dense, sb = dense_input(spec, 9), random_batch(spec.tables, 9, seed=3)
+    results = []
+    for fast in (True, False):
+        DotInteraction.fast = fast
+        try:
+            model.zero_grad(set_to_none=True)
+            x = model.bottom(dense)
+            pooled = model.embeddings(sb)
+            if not tiled:
+                pooled = [p.clone() for p in pooled]  # separate tensors: the stack path, either way
+            z = model.interaction(x, pooled)
+            assert (type(z.grad_fn).__name__ == "_DotFromTiledBackward") == (fast and tiled)
+            (z * torch.arange(z.shape[1], dtype=z.dtype)).sum().backward()
+            used = [*model.bottom.parameters(), *model.embeddings.parameters()]
+            grads = [p.grad.to_dense() if p.grad.is_sparse else p.grad.clone() for p in used]
+            results.append((z.detach(), grads))
+        finally:
+            DotInteraction.fast = True
+    assert torch.equal(results[0][0], results[1][0])
+    for a, b in zip(results[0][1], results[1][1]):
+        assert torch.equal(a, b)
+
+
 def test_cross_layer_formula() -> None:
     spec = small("dlrm-dcnv2", 20).model_copy(update={"dcn_layers": 1, "dcn_low_rank": 8})
     model = build_model(spec)
@@ -143,9 +173,10 @@ def test_backends_agree_with_torch(backend: str) -> None:
     torch.testing.assert_close(outs[0], outs[1], atol=1e-5, rtol=1e-5)
 
 
-def test_fused_sparse_gradient_equals_torch() -> None:
-    tables = mixed_tables()
-    sb = random_batch(tables, 6, seed=2, variable=True)
+@pytest.mark.parametrize("variable", [True, False])  # False: one index per bag (the gradient is the pooled one)
+def test_fused_sparse_gradient_equals_torch(variable: bool) -> None:
+    tables = [t.model_copy(update={"pooling": 2 if variable else 1}) for t in mixed_tables()]
+    sb = random_batch(tables, 6, seed=2, variable=variable)
     grads = {}
     for backend in ("torch", "fused"):
         ebc = EmbeddingBagCollection(tables, backend=backend, seed=0)

@@ -36,6 +36,38 @@ def test_sparse_update_equals_dense_update(cls, rows):
     torch.testing.assert_close(ws.detach()[untouched], _grads(False, rows).detach()[untouched])
 
 
+@pytest.mark.parametrize("momentum", [0.0, 0.9])  # 0: recstack's foreach step; 0.9: torch's SGD.step
+def test_dense_sgd_equals_torch_sgd(momentum):
+    from recstack.spec import TrainSpec
+    from recstack.train.optim import DenseOptimizer
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.ReLU(), torch.nn.Linear(4, 1))
+    twin = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.ReLU(), torch.nn.Linear(4, 1))
+    twin.load_state_dict(net.state_dict())
+    net[2].bias.requires_grad_(True)
+    ours = DenseOptimizer(net.parameters(), TrainSpec(optimizer="sgd", lr=0.1))
+    if momentum:
+        ours.opt.param_groups[0]["momentum"] = momentum
+    theirs = torch.optim.SGD(twin.parameters(), lr=0.1, momentum=momentum)
+    x = torch.randn(8, 5)
+    for step in range(3):
+        lr = 0.1 / (step + 1)
+        for g in theirs.param_groups:
+            g["lr"] = lr
+        for m, opt in ((net, ours), (twin, theirs)):
+            opt.zero_grad()
+            m(x).pow(2).sum().backward()
+        net[0].bias.grad = None  # a parameter without a gradient this step is left alone
+        twin[0].bias.grad = None
+        ours.step(lr)
+        theirs.step()
+        for p, q in zip(net.parameters(), twin.parameters()):
+            assert torch.equal(p, q)
+    ours.zero_grad()
+    assert all(p.grad is None for p in net.parameters())
+
+
 def test_rowwise_adagrad_formula():
     w = torch.zeros(2, 2, requires_grad=True)
     w.grad = torch.tensor([[3.0, 4.0], [0.0, 0.0]])

@@ -20,15 +20,73 @@ class DotInteraction(nn.Module):
     and gathers its F(F-1)/2 strict-lower-triangle entries (row-major order, as the reference).
     """
 
+    fast: bool = True  # False: always the stack + _GramTril path (for A/B timing)
+
     def __init__(self, num_features: int) -> None:
         super().__init__()
         li, lj = torch.tril_indices(num_features, num_features, offset=-1)
         self.register_buffer("flat_idx", li * num_features + lj, persistent=False)
+        self.register_buffer("flat_idx_t", lj * num_features + li, persistent=False)
         self.num_features = num_features
 
     def forward(self, x: torch.Tensor, pooled: list[torch.Tensor]) -> torch.Tensor:
+        tiled = _tiled_base(pooled, x.shape[0], x.shape[-1]) if self.fast and x.dim() == 2 else None
+        if tiled is not None and len(pooled) + 1 == self.num_features:
+            return _DotFromTiled.apply(x, tiled, self.flat_idx, self.flat_idx_t)
         feats = torch.stack([x, *pooled], dim=1)  # [B, F, d]
         return torch.cat([x, _GramTril.apply(feats, self.flat_idx)], dim=1)
+
+
+def _tiled_base(pooled: list[torch.Tensor], b: int, d: int) -> torch.Tensor | None:
+    """The [T*B, d] tensor whose consecutive row blocks the pooled outputs are, or None.
+
+    The fused embedding backend pools every table in one call and hands out [B, d] row blocks
+    of its output; reading that tensor directly skips a stack in the forward and the blocks'
+    split backward (a cat) in the backward.
+    """
+    if not pooled or pooled[0]._base is None:
+        return None
+    base = pooled[0]._base
+    if base.dim() != 2 or tuple(base.shape) != (len(pooled) * b, d) or not base.is_contiguous():
+        return None
+    off = base.storage_offset()
+    for t, p in enumerate(pooled):
+        if p._base is not base or tuple(p.shape) != (b, d) or p.storage_offset() != off + t * b * d:
+            return None
+    return base
+
+
+class _DotFromTiled(torch.autograd.Function):
+    """[x, strict lower triangle of [x, e_1..e_T] Gram matrices] from x [B, d] and tiled [T*B, d].
+
+    Same arithmetic as stack + `_GramTril` + cat (one bmm each way; bit-identical results); the
+    backward writes G + G^T straight from the incoming gradient (two index copies) and returns the
+    tables' gradient in the tiled layout the embedding lookup produced.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, tiled: torch.Tensor, flat_idx: torch.Tensor, flat_idx_t: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        b, d = x.shape
+        t = tiled.shape[0] // b
+        feats = x.new_empty(b, t + 1, d)
+        feats[:, 0].copy_(x)
+        feats[:, 1:].copy_(tiled.view(t, b, d).transpose(0, 1))
+        gram = torch.bmm(feats, feats.transpose(1, 2)).view(b, -1)
+        ctx.save_for_backward(feats, flat_idx, flat_idx_t)
+        return torch.cat([x, gram.index_select(1, flat_idx)], dim=1)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g: torch.Tensor):  # type: ignore[override]
+        feats, flat_idx, flat_idx_t = ctx.saved_tensors
+        b, f, d = feats.shape
+        gp = g[:, d:]
+        sym = g.new_zeros(b, f * f)
+        sym.index_copy_(1, flat_idx, gp).index_copy_(1, flat_idx_t, gp)  # G + G^T (disjoint entries)
+        gfeats = torch.bmm(sym.view(b, f, f), feats)
+        gx = g[:, :d] + gfeats[:, 0]
+        gtiled = gfeats[:, 1:].transpose(0, 1).reshape((f - 1) * b, d)
+        return gx, gtiled, None, None
 
 
 class _GramTril(torch.autograd.Function):

@@ -53,7 +53,10 @@ class _FeatureMajorMLP(torch.autograd.Function):
         outs: list[torch.Tensor] = []
         for i, relu in enumerate(relus):
             w, b = params[2 * i], params[2 * i + 1]
-            y = _mm_nt(w, h if i == 0 else h.t())  # [out, batch] = W @ H^T
+            if i > 0 and w.shape[0] == 1:  # a logit layer: a GEMV, which oneDNN's GEMM runs at half speed
+                y = torch.mm(w, h)
+            else:
+                y = _mm_nt(w, h if i == 0 else h.t())  # [out, batch] = W @ H^T
             if b is not None:
                 if relu:
                     torch.ops.aten._add_relu_(y, b[:, None])

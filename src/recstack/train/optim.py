@@ -129,11 +129,27 @@ class DenseOptimizer:
             for g in self.opt.param_groups:
                 g["lr"] = lr
             self._lr = lr
+        if isinstance(self.opt, torch.optim.SGD) and self._plain_sgd():
+            # perf: the same update torch's SGD makes without momentum or decay (p -= lr * g, one
+            # foreach kernel), minus its per-call bookkeeping (~0.3 ms of a 30 ms DLRM step).
+            with torch.no_grad():
+                live = [p for p in self.params if p.grad is not None]
+                if live:
+                    torch._foreach_add_(live, [p.grad for p in live], alpha=-lr)
+            return
         self.opt.step()
 
+    def _plain_sgd(self) -> bool:
+        g = self.opt.param_groups[0] if self.opt is not None and len(self.opt.param_groups) == 1 else None
+        return bool(
+            g is not None and g["momentum"] == 0 and g["weight_decay"] == 0 and not g["maximize"]
+            and not self.opt._optimizer_step_pre_hooks and not self.opt._optimizer_step_post_hooks
+            and all(p.grad is None or not p.grad.is_sparse for p in self.params)
+        )
+
     def zero_grad(self) -> None:
-        if self.opt is not None:
-            self.opt.zero_grad(set_to_none=True)
+        for p in self.params:
+            p.grad = None
 
     def state_dict(self) -> dict:
         return self.opt.state_dict() if self.opt is not None else {}
