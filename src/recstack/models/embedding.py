@@ -249,6 +249,7 @@ class _FusedBags(nn.Module):
                 self.groups.append([])
             self.groups[by_dim[d]].append(t)
         self.num_tables = len(shapes)
+        self._shift_cache: dict[int, tuple[tuple, torch.Tensor]] = {}
         self.weights = nn.ParameterList()
         self.place: list[tuple[int, int, int]] = [(0, 0, 0)] * len(shapes)  # (group, row offset, rows)
         for g, members in enumerate(self.groups):
@@ -270,6 +271,18 @@ class _FusedBags(nn.Module):
     def weight_parameters(self) -> list[nn.Parameter]:
         return list(self.weights)
 
+    def _shift(self, g: int, per_table: torch.Tensor) -> torch.Tensor:
+        """Each index's table row offset in group g's weight; on CPU reused while the per-table
+        index counts repeat (fixed pooling: every batch), which saves a repeat_interleave per step."""
+        offs = getattr(self, f"row_offsets_{g}")
+        if per_table.device.type != "cpu":
+            return torch.repeat_interleave(offs, per_table)
+        key = (g, tuple(per_table.tolist()))
+        hit = self._shift_cache.get(g)
+        if hit is None or hit[0] != key or hit[1].device != offs.device:
+            hit = self._shift_cache[g] = (key, torch.repeat_interleave(offs, per_table))
+        return hit[1]
+
     def forward(self, sb: SparseBatch) -> list[torch.Tensor]:
         b = sb.batch_size
         out: list[torch.Tensor | None] = [None] * self.num_tables
@@ -279,7 +292,7 @@ class _FusedBags(nn.Module):
             # number of indices of each table: the offset at each table boundary
             bounds = offsets[::b]
             per_table = bounds[1:] - bounds[:-1]
-            shift = torch.repeat_interleave(getattr(self, f"row_offsets_{g}"), per_table)
+            shift = self._shift(g, per_table)
             if self.lean_backward and torch.is_grad_enabled() and self.weights[g].requires_grad:
                 pooled = _SumBags.apply(self.weights[g], sub.indices + shift, offsets)
             else:

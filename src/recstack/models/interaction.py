@@ -68,6 +68,7 @@ class _DotFromTiled(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, tiled: torch.Tensor, flat_idx: torch.Tensor, flat_idx_t: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         b, d = x.shape
         t = tiled.shape[0] // b
+        x = x.contiguous()  # often a transposed view (the MLP's feature-major output): read it once
         feats = x.new_empty(b, t + 1, d)
         feats[:, 0].copy_(x)
         feats[:, 1:].copy_(tiled.view(t, b, d).transpose(0, 1))
