@@ -246,9 +246,15 @@ def breakdown(trainer: Trainer, batch: Batch, iters: int = 10, repeats: int = 7)
     else:
         res["embeddings_update"] = 0.0  # fused into the backward (fbgemm)
     xb = leaf(x0)
-    pl = [leaf(p) for p in pooled0]
+    if m.embeddings.backend == "fused":
+        # the fused lookup hands out row blocks of one tensor, which the interaction reads directly
+        tiled = leaf(torch.cat(pooled0))
+        pooled_in: Callable[[], list[torch.Tensor]] = lambda: list(tiled.split(dense.shape[0]))
+    else:
+        pl = [leaf(p) for p in pooled0]
+        pooled_in = lambda: pl
     fwd_bwd("bottom_mlp", lambda: m.bottom(dense), ones_like_all)
-    fwd_bwd("interaction", lambda: m.interaction(xb, pl), ones_like_all)
+    fwd_bwd("interaction", lambda: m.interaction(xb, pooled_in()), ones_like_all)
     zl = leaf(z0)
     fwd_bwd("top_mlp", lambda: m.top(zl), ones_like_all)
     ll = leaf(logit0)
