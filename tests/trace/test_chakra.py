@@ -253,6 +253,9 @@ def test_num_ops_from_shapes(cap2, pb2):
         elif op == "_linear_pointwise":
             x, w = shapes[0], shapes[1]
             assert a["num_ops"].int64_val == 2 * math.prod(x[:-1]) * x[-1] * w[0]
+        elif op == "mm":  # the MLP's logit layer (a GEMV)
+            (m, k), (_, nn) = shapes[0], shapes[1]
+            assert a["num_ops"].int64_val == 2 * m * k * nn
         elif n.type == pb2.COMP_NODE and "num_ops" in a:
             assert a["num_ops"].int64_val == 0
             continue
@@ -260,7 +263,7 @@ def test_num_ops_from_shapes(cap2, pb2):
             continue
         seen.add(op)
         assert a["num_ops"].int64_val > 0
-    assert seen == {"bmm", "_linear_pointwise"}
+    assert seen == {"bmm", "_linear_pointwise", "mm"}
 
 
 def _op(i, name, parent, tid=1, ins=(), outs=(), comm=None, dur=10.0, schema="x"):

@@ -200,43 +200,8 @@ class _TorchBags(nn.Module):
         return out
 
 
-class _SumBags(torch.autograd.Function):
-    """Sum-pooled bags (include_last_offset) whose backward builds the sparse row gradient directly.
-
-    The gradient is what `F.embedding_bag(..., sparse=True)` returns (uncoalesced COO: one row per
-    index, the pooled gradient of its bag), made with less work (perf): with one index per bag
-    (one-hot features, DLRM's benchmark configuration) the incoming gradient IS the value tensor,
-    otherwise one index_select by bag; no offset-to-bag map is built in the forward.
-    """
-
-    @staticmethod
-    def forward(ctx, weight: torch.Tensor, indices: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        ctx.save_for_backward(indices, offsets)
-        ctx.weight_shape = weight.shape
-        return F.embedding_bag(indices, weight, offsets, mode="sum", include_last_offset=True)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, g: torch.Tensor):  # type: ignore[override]
-        indices, offsets = ctx.saved_tensors
-        bags = offsets.numel() - 1
-        g = g.contiguous()
-        lengths = offsets[1:] - offsets[:-1]
-        if indices.numel() == bags and bool((lengths == 1).all()):
-            values = g
-        else:
-            bag = torch.repeat_interleave(torch.arange(bags, device=g.device), lengths, output_size=indices.numel())
-            values = g.index_select(0, bag)
-        grad = torch.sparse_coo_tensor(
-            indices.unsqueeze(0), values, ctx.weight_shape, is_coalesced=False, check_invariants=False,
-        )
-        return grad, None, None
-
-
 class _FusedBags(nn.Module):
     """Tables grouped by dim; each group is one weight tensor and one embedding_bag call."""
-
-    lean_backward: bool = True  # _SumBags when training; False: torch's embedding_bag backward
 
     def __init__(self, shapes: list[tuple[int, int]], device: torch.device) -> None:
         super().__init__()
@@ -293,13 +258,10 @@ class _FusedBags(nn.Module):
             bounds = offsets[::b]
             per_table = bounds[1:] - bounds[:-1]
             shift = self._shift(g, per_table)
-            if self.lean_backward and torch.is_grad_enabled() and self.weights[g].requires_grad:
-                pooled = _SumBags.apply(self.weights[g], sub.indices + shift, offsets)
-            else:
-                pooled = F.embedding_bag(
-                    sub.indices + shift, self.weights[g], offsets, mode="sum", sparse=True,
-                    per_sample_weights=None, include_last_offset=True,
-                )
+            pooled = F.embedding_bag(
+                sub.indices + shift, self.weights[g], offsets, mode="sum", sparse=True,
+                per_sample_weights=None, include_last_offset=True,
+            )
             # one split, not a slice per table: each slice's backward would zero-fill a tensor of
             # the whole pooled output (T slices -> O(T^2) memory traffic); split's is one cat
             for t, part in zip(members, pooled.split(b)):

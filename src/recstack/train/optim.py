@@ -130,12 +130,13 @@ class DenseOptimizer:
                 g["lr"] = lr
             self._lr = lr
         if isinstance(self.opt, torch.optim.SGD) and self._plain_sgd():
-            # perf: the same update torch's SGD makes without momentum or decay (p -= lr * g, one
-            # foreach kernel), minus its per-call bookkeeping (~0.3 ms of a 30 ms DLRM step).
-            with torch.no_grad():
-                live = [p for p in self.params if p.grad is not None]
-                if live:
-                    torch._foreach_add_(live, [p.grad for p in live], alpha=-lr)
+            # perf: the update torch's SGD makes on CPU without momentum or decay (p -= lr * g per
+            # parameter, the same aten ops under the same profiler label, so traces read alike),
+            # minus its per-call bookkeeping (~0.3 ms of a 30 ms DLRM step).
+            with torch.no_grad(), torch.autograd.profiler.record_function("Optimizer.step#SGD.step"):
+                for p in self.params:
+                    if p.grad is not None:
+                        p.add_(p.grad, alpha=-lr)
             return
         self.opt.step()
 
