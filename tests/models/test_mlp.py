@@ -44,6 +44,7 @@ def _compare(m: MLP, x: torch.Tensor, x_grad: bool = True) -> None:
         ([52, 512, 256, 1], {"relu_last": False}, (300, 52), True),  # DLRM top MLP, logit out
         ([7, 5, 3], {"sigmoid_last": True}, (4, 6, 7), True),  # 3-D input, sigmoid
         ([9, 4], {}, (1, 9), True),  # one sample, one layer
+        ([1, 4, 1, 3], {}, (6, 1), True),  # one-wide input and hidden layer (W^T of one row, outer products)
     ],
 )
 def test_fast_mlp_matches_plain_layers(sizes, kw, shape, x_grad):

@@ -76,12 +76,21 @@ class _FeatureMajorMLP(torch.autograd.Function):
                 y.relu_()
             outs.append(y)
             h = y
+        # W^T for the input gradients, copied now while W is still in cache from its GEMM (perf:
+        # the same transposed copy in the backward reads a cold W, 2-3x slower); the logit layer
+        # and a first layer whose input needs no gradient use W itself.
+        training = any(ctx.needs_input_grad)
+        wts = [
+            w if not training or w.shape[0] == 1 or (i == 0 and not ctx.needs_input_grad[0]) else w.t().contiguous()
+            for i, w in enumerate(params[0::2])
+        ]
         ctx.relus = relus
+        ctx.outer = [w.shape[0] == 1 for w in params[0::2]]
         ctx.in_width = k
         ctx.has_bias = [params[2 * i + 1] is not None for i in range(len(relus))]
         # Inputs of layers 1.. are outputs of layers 0..; the last output is kept only as a ReLU mask.
         keep_last = outs[-1] if relus[-1] else None
-        ctx.save_for_backward(x, *outs[:-1], keep_last, *params[0::2])
+        ctx.save_for_backward(x, *outs[:-1], keep_last, *wts)
         return outs[-1].t()
 
     @staticmethod
@@ -106,11 +115,11 @@ class _FeatureMajorMLP(torch.autograd.Function):
             if ctx.has_bias[i] and ctx.needs_input_grad[3 + 2 * i]:
                 grads[2 * i + 1] = gt.sum(1)
             if i > 0 or ctx.needs_input_grad[0]:  # skipped for the first layer on dense inputs
-                w = weights[i]
-                if w.shape[0] == 1:  # a logit layer: dX^T is the outer product W^T dZ^T, no GEMM needed
+                w = weights[i]  # W^T, or W for a one-output layer
+                if ctx.outer[i]:  # one output (a logit): dX^T is the outer product W^T dZ^T, no GEMM needed
                     gt = w.t() * gt
                 else:
-                    gt = _mm_nt(w.t().contiguous(), gt.t())  # dX^T = W^T dZ^T
+                    gt = _mm_nt(w, gt.t())  # dX^T = W^T dZ^T
         gx = gt.t() if ctx.needs_input_grad[0] else None
         return gx, None, *grads
 
