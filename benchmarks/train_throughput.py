@@ -12,12 +12,18 @@ perf_counter; ms/it is the median over the repetitions (spread reported as min/m
 `--rounds R` our measurement and the reference run alternate R times (interleaved, because the
 machine is shared and timings drift); every repetition of every round enters our median.
 
-Reference: `--reference PATH/dlrm_s_pytorch.py` runs the reference implementation as a
-subprocess on the same configuration and numerics (fp32, BCE loss, random data, same torch and
-thread count) and parses the ms/it it prints every `--print-freq` iterations; its number is
-the median of those prints after the first (the first includes warm-up), as REFERENCE.md
-describes. The reference's printed ms/it covers forward, loss, backward and optimizer step
-(its timer starts after the batch is fetched, so data generation is excluded there too).
+Reference: `--reference PATH/dlrm_s_pytorch.py` measures the reference implementation on the
+same configuration and numerics (fp32, BCE loss, random data, same torch and thread count) in
+two ways (`--reference-mode both`, the default):
+- subprocess: the script runs unmodified and its ms/it prints (every `--print-freq` iterations)
+  are parsed; its number is the median of the prints after the first (the first includes
+  warm-up), as REFERENCE.md describes. Its timer starts after each batch is fetched, so data
+  generation is excluded, but the generation runs between timed steps (colder caches).
+- interleaved: `_reference_driver.py` builds the script's model, optimizer and scheduler in a
+  helper process and runs the statements its loop times, on the same pre-generated batches as
+  recstack, in blocks of `--iters` steps that alternate with recstack's blocks (`--blocks`
+  pairs per round). Bursts of load on a shared machine then hit both sides alike; the
+  pairwise ratios are reported too.
 The reference's optional TensorBoard import is stubbed when tensorboard is not installed (it
 only logs scalars). Without `--reference` the published anchor (35-39 ms/it, REFERENCE.md) is
 printed, labelled as such, not as a measurement.
@@ -57,6 +63,7 @@ import re
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
@@ -303,6 +310,79 @@ def run_reference(path: str, args: argparse.Namespace) -> tuple[list[float], str
     return vals, shown
 
 
+class InterleavedReference:
+    """The reference's step in a separate process (_reference_driver.py), run in blocks on request.
+
+    Lets blocks of reference steps alternate with blocks of recstack steps a few hundred
+    milliseconds apart, so a burst of load on this shared machine hits both alike. Only one of the
+    two processes computes at a time; each keeps its own memory and allocator.
+    """
+
+    def __init__(self, path: str, args: argparse.Namespace, batches: list[Batch], tmp: str) -> None:
+        ref_batches = []
+        for b in batches:
+            tabs = [b.sparse.table(t) for t in range(b.sparse.num_tables)]
+            ref_batches.append((b.dense, torch.stack([off[:-1] for _, off in tabs]), [idx for idx, _ in tabs],
+                                b.labels.view(-1, 1)))
+        data = os.path.join(tmp, "reference_batches.pt")
+        torch.save(ref_batches, data)
+        driver = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_reference_driver.py")
+        env = dict(os.environ)
+        if args.threads:
+            env["OMP_NUM_THREADS"] = str(args.threads)
+        self.proc = subprocess.Popen(
+            [sys.executable, driver, path, data, str(args.rows), str(args.tables), str(args.dim)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+            cwd=os.path.dirname(os.path.abspath(path)),
+        )
+        if self._line() != "ready":
+            raise SystemExit("reference driver failed to start (see its error above)")
+
+    def _line(self) -> str:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise SystemExit(f"reference driver exited (code {self.proc.wait()})")
+        return line.strip()
+
+    def run(self, n: int) -> float:
+        """Mean ms per reference step over n steps."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(f"run {n}\n")
+        self.proc.stdin.flush()
+        return float(self._line().split()[1])
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            assert self.proc.stdin is not None
+            self.proc.stdin.write("quit\n")
+            self.proc.stdin.flush()
+            self.proc.wait(timeout=60)
+
+
+def interleaved(trainer: Trainer, batches: list[Batch], ref: InterleavedReference, iters: int, blocks: int,
+                warmup: int) -> tuple[list[float], list[float]]:
+    """ms/it of `blocks` pairs of blocks of `iters` recstack and `iters` reference steps, the order
+    swapped every pair; returns (recstack, reference) values, pairwise aligned."""
+    n = len(batches)
+    for i in range(warmup):
+        trainer.step(batches[i % n])
+    ref.run(warmup)
+    ours: list[float] = []
+    theirs: list[float] = []
+    for k in range(blocks):
+        if k % 2:
+            theirs.append(ref.run(iters))
+        t = time.perf_counter()
+        for i in range(iters):
+            loss = trainer.step(batches[(k * iters + i) % n])
+        loss.item()
+        ours.append((time.perf_counter() - t) / iters * 1e3)
+        if not k % 2:
+            theirs.append(ref.run(iters))
+    return ours, theirs
+
+
 # ---------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -319,6 +399,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=10, help="timed repetitions per round")
     ap.add_argument("--rounds", type=int, default=1, help="alternations of ours and the reference")
     ap.add_argument("--reference", metavar="PATH", help="path to the reference dlrm_s_pytorch.py")
+    ap.add_argument("--reference-mode", choices=["both", "subprocess", "interleaved"], default="both",
+                    help="subprocess: run the script unmodified and parse its printed ms/it; interleaved: run its "
+                         "model and loop body in a helper process in blocks alternating with recstack's (robust to "
+                         "load bursts); both (default)")
+    ap.add_argument("--blocks", type=int, default=20, help="interleaved mode: block pairs per round")
     ap.add_argument("--print-freq", type=int, default=10, help="reference print frequency (iterations)")
     ap.add_argument("--ref-prints", type=int, default=10, help="reference prints kept per run (after the first)")
     ap.add_argument("--compare-plain", action="store_true",
@@ -350,6 +435,12 @@ def main(argv: list[str] | None = None) -> int:
     plain: list[float] = []
     ref: list[float] = []
     round_ratios: list[float] = []  # reference / recstack medians of the same round (adjacent in time)
+    il_ours: list[float] = []
+    il_ref: list[float] = []
+    subproc = bool(args.reference) and args.reference_mode in ("both", "subprocess")
+    tmpdir = tempfile.TemporaryDirectory()
+    inter = InterleavedReference(args.reference, args, batches, tmpdir.name) \
+        if args.reference and args.reference_mode in ("both", "interleaved") else None
     ref_cmd = ""
     gemm_rounds: list[dict[str, float]] = []
     energy: list[EnergyReport] = []
@@ -367,13 +458,22 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 mlp_module.MLP.fast = True
             log(f"round {r + 1}: recstack, plain MLP path {statistics.median(plain[-args.repeats:]):.2f} ms/it")
-        if args.reference:
+        if inter is not None:
+            a, b = interleaved(trainer, batches, inter, args.iters, args.blocks, 10 if r == 0 else 2)
+            il_ours += a
+            il_ref += b
+            log(f"round {r + 1}: interleaved: recstack {statistics.median(a):.2f}, reference "
+                f"{statistics.median(b):.2f} ms/it -> {statistics.median(b) / statistics.median(a):.2f}x")
+        if subproc:
             vals, ref_cmd = run_reference(args.reference, args)
             ref += vals[1:]
             round_ratios.append(statistics.median(vals[1:]) / statistics.median(ours[-args.repeats:]))
             log(f"round {r + 1}: reference {statistics.median(vals[1:]):.2f} ms/it (prints {vals}); "
                 f"round speed-up {round_ratios[-1]:.2f}x")
 
+    if inter is not None:
+        inter.close()
+    tmpdir.cleanup()
     out: dict[str, Any] = {"machine": mach, "config": {
         "bottom_mlp": [DENSE, *spec.bottom_mlp], "top_mlp": spec.top_mlp, "tables": args.tables,
         "rows": args.rows, "dim": args.dim, "pooling": args.pooling, "batch_size": args.batch_size,
@@ -418,7 +518,16 @@ def main(argv: list[str] | None = None) -> int:
         out["speedup_per_round"] = round_ratios
         out["speedup_median_of_rounds"] = statistics.median(round_ratios)
         out["reference_command"] = ref_cmd
-    else:
+    if il_ours:
+        pairs = [b / a for a, b in zip(il_ours, il_ref)]
+        out["interleaved"] = {
+            "recstack_ms_per_iter": statistics.median(il_ours), "reference_ms_per_iter": statistics.median(il_ref),
+            "speedup": statistics.median(il_ref) / statistics.median(il_ours),
+            "speedup_median_of_pairs": statistics.median(pairs), "speedup_pairs_min_max": [min(pairs), max(pairs)],
+            "block_pairs": len(pairs), "iters_per_block": args.iters,
+        }
+        out.setdefault("speedup_vs_reference", out["interleaved"]["speedup"])
+    if not ref and not il_ours:
         out["reference_anchor_ms_per_iter"] = list(ANCHOR_MS)
         out["reference_anchor_note"] = "published anchor from REFERENCE.md section 1, not measured here"
 
@@ -439,7 +548,14 @@ def main(argv: list[str] | None = None) -> int:
               f"({len(ref)} prints of {args.print_freq} it) -> speed-up {out['speedup_vs_reference']:.2f}x "
               f"(median of the {len(round_ratios)} per-round ratios {out['speedup_median_of_rounds']:.2f}x, "
               f"range {min(round_ratios):.2f}-{max(round_ratios):.2f})")
-    else:
+    if il_ours:
+        iv = out["interleaved"]
+        print(f"reference, interleaved blocks ({iv['block_pairs']} pairs of {args.iters} it, its model and loop body "
+              f"in a helper process): recstack {iv['recstack_ms_per_iter']:.2f}, reference "
+              f"{iv['reference_ms_per_iter']:.2f} ms/it -> speed-up {iv['speedup']:.2f}x (median of pairwise ratios "
+              f"{iv['speedup_median_of_pairs']:.2f}x, range {iv['speedup_pairs_min_max'][0]:.2f}-"
+              f"{iv['speedup_pairs_min_max'][1]:.2f})")
+    if not ref and not il_ours:
         print(f"reference: published anchor {ANCHOR_MS[0]:.0f}-{ANCHOR_MS[1]:.0f} ms/it (REFERENCE.md; NOT measured "
               "here; pass --reference PATH/dlrm_s_pytorch.py to measure it side by side)")
     print("GEMM 2048x512x512 fp32: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in gemm.items()))
