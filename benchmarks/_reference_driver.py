@@ -9,8 +9,8 @@ step is the statements the script's training loop times between t1 and t2: its `
 
 The batches come from a file the caller writes (the same batches recstack trains on, in the
 reference's format: per-table index tensors and [T, B] offsets). Protocol on stdin/stdout, one
-line each: `run N` -> `ms M` (mean ms per step over N steps, timed here with perf_counter),
-`quit` -> exit. Nothing else is printed on stdout.
+line each: `run N [W]` -> `ms M` (W untimed steps, then the mean ms per step over N steps,
+timed here with perf_counter), `quit` -> exit. Nothing else is printed on stdout.
 
     python _reference_driver.py REF_PATH BATCHES.pt ROWS TABLES DIM
 """
@@ -96,6 +96,8 @@ def main() -> int:
         if not cmd or cmd[0] == "quit":
             break
         n = int(cmd[1])
+        for _ in range(int(cmd[2]) if len(cmd) > 2 else 0):  # untimed warm-up steps
+            step()
         t0 = time.perf_counter()
         for _ in range(n):
             step()

@@ -345,10 +345,10 @@ class InterleavedReference:
             raise SystemExit(f"reference driver exited (code {self.proc.wait()})")
         return line.strip()
 
-    def run(self, n: int) -> float:
-        """Mean ms per reference step over n steps."""
+    def run(self, n: int, warm: int = 0) -> float:
+        """Mean ms per reference step over n steps, after `warm` untimed ones."""
         assert self.proc.stdin is not None
-        self.proc.stdin.write(f"run {n}\n")
+        self.proc.stdin.write(f"run {n} {warm}\n")
         self.proc.stdin.flush()
         return float(self._line().split()[1])
 
@@ -363,7 +363,9 @@ class InterleavedReference:
 def interleaved(trainer: Trainer, batches: list[Batch], ref: InterleavedReference, iters: int, blocks: int,
                 warmup: int) -> tuple[list[float], list[float]]:
     """ms/it of `blocks` pairs of blocks of `iters` recstack and `iters` reference steps, the order
-    swapped every pair; returns (recstack, reference) values, pairwise aligned."""
+    swapped every pair; returns (recstack, reference) values, pairwise aligned. Each block starts
+    with one untimed step on either side: the other process has just evicted its caches, which
+    a training run alone never sees."""
     n = len(batches)
     for i in range(warmup):
         trainer.step(batches[i % n])
@@ -372,14 +374,15 @@ def interleaved(trainer: Trainer, batches: list[Batch], ref: InterleavedReferenc
     theirs: list[float] = []
     for k in range(blocks):
         if k % 2:
-            theirs.append(ref.run(iters))
+            theirs.append(ref.run(iters, warm=1))
+        trainer.step(batches[(k * iters + iters) % n])
         t = time.perf_counter()
         for i in range(iters):
             loss = trainer.step(batches[(k * iters + i) % n])
         loss.item()
         ours.append((time.perf_counter() - t) / iters * 1e3)
         if not k % 2:
-            theirs.append(ref.run(iters))
+            theirs.append(ref.run(iters, warm=1))
     return ours, theirs
 
 
