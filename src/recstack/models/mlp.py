@@ -16,7 +16,7 @@ weight gradient dW = dZ^T X needs one of dZ or X transposed: in the usual layout
 single-threaded multi-MB transpose copy per layer per step (about 2 ms each for DLRM's 512-wide
 layers, a quarter of the MLP time). Feature-major, every operand is already in the layout its
 GEMM wants: forward Y^T = W X^T, weight gradient dZ^T X, input gradient W^T dZ^T (only the small
-W^T is copied). The bias and ReLU then run as one in-place pass (`_add_relu_`) instead of a GEMM
+W^T is copied, in the forward). The bias and ReLU then run as one in-place pass (`_add_relu_`) instead of a GEMM
 epilogue, and the ReLU output doubles as its backward mask. The numerics are fp32 GEMMs as on
 the plain path (only the summation order, hence float rounding, differs). Anything unusual
 (other devices or dtypes, autocast, torch.compile tracing, dispatch modes such as
@@ -76,9 +76,9 @@ class _FeatureMajorMLP(torch.autograd.Function):
                 y.relu_()
             outs.append(y)
             h = y
-        # W^T for the input gradients, copied now while W is still in cache from its GEMM (perf:
-        # the same transposed copy in the backward reads a cold W, 2-3x slower); the logit layer
-        # and a first layer whose input needs no gradient use W itself.
+        # W^T for the input gradients, copied at the end of the forward while the weights are in
+        # cache from their GEMMs (perf: the same transposed copy in the backward reads a cold W,
+        # 2-3x slower); one-output layers and a first layer whose input needs no gradient keep W.
         training = any(ctx.needs_input_grad)
         wts = [
             w if not training or w.shape[0] == 1 or (i == 0 and not ctx.needs_input_grad[0]) else w.t().contiguous()
