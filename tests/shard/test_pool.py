@@ -8,7 +8,6 @@ import json
 
 import numpy as np
 import pytest
-import typer
 
 from recstack.data.stats import reuse_histograms
 from recstack.errors import ConfigError, DataError
@@ -288,19 +287,6 @@ def test_make_pool_option_errors():
 
 
 # --- CLI ---------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def shard_cli(run_cli, monkeypatch):
-    """`run_cli` over a tiny app holding these commands (the main CLI wires them as `shard ...`)."""
-    from recstack import cli
-    from recstack.shard.cli_pool import pool_cmd, tasks_cmd
-
-    app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)
-    app.command("pool")(pool_cmd)
-    app.command("tasks")(tasks_cmd)
-    monkeypatch.setattr(cli, "app", app)
-    return run_cli
 
 
 def test_cli_pool(shard_cli, tmp_path, dumps, small_pool):

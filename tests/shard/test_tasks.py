@@ -7,7 +7,6 @@ import json
 
 import numpy as np
 import pytest
-import typer
 
 from recstack.errors import ConfigError, DataError
 from recstack.shard.pool import expected_bag_moments, expected_reuse, save_pool
@@ -131,18 +130,6 @@ def test_tasks_file_round_trip_and_errors(tmp_path):
     p.write_text("{")
     with pytest.raises(DataError, match="tasks.json: line 1: invalid JSON"):
         load_tasks(p)
-
-
-@pytest.fixture
-def shard_cli(run_cli, monkeypatch):
-    from recstack import cli
-    from recstack.shard.cli_pool import pool_cmd, tasks_cmd
-
-    app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)
-    app.command("pool")(pool_cmd)
-    app.command("tasks")(tasks_cmd)
-    monkeypatch.setattr(cli, "app", app)
-    return run_cli
 
 
 def test_cli_tasks(shard_cli, tmp_path):

@@ -59,8 +59,6 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
-import os
-import platform
 import statistics
 import time
 from collections import OrderedDict
@@ -72,6 +70,7 @@ from typing import Any
 import torch
 
 from recstack.errors import ConfigError
+from recstack.machine import cpu_facts
 from recstack.shard.comm import CommModel, describe, resolve_comm
 from recstack.shard.indices import generate_indices
 from recstack.spec.sharding import DTYPE_BYTES, ShardingPlan, ShardTable, ShardTask
@@ -503,19 +502,8 @@ class MeasureSettings:
 
 def machine_facts() -> dict[str, Any]:
     """CPU model and usable cores: part of every cache key (a cost is a property of the machine)."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count() or 1
-    return {"cpu": cpu, "cores": cores}
+    facts = cpu_facts()
+    return {"cpu": facts["cpu"], "cores": facts["cores"]}
 
 
 def _plan_groups(shards: Sequence[Shard], backend: str, dtype: str) -> dict[tuple[str, int, int], list[Shard]]:

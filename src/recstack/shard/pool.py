@@ -935,14 +935,9 @@ def pool_from_indices(path: str | Path, *, dim: int | None = None, config: str |
 
 def load_pool(path: str | Path) -> TablePool:
     """A `TablePool` JSON (what `recstack shard pool` writes); errors name the file and field."""
-    from recstack.spec.loader import validate
+    from recstack.spec.loader import load_json_model
 
-    p = Path(path)
-    data = read_json(p, "file")
-    try:
-        return validate(TablePool, data, str(p))
-    except ConfigError as e:
-        raise DataError(str(e)) from None
+    return load_json_model(TablePool, path, "file")
 
 
 def save_pool(pool: TablePool, path: str | Path) -> Path:

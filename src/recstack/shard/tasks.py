@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from recstack.errors import ConfigError, DataError
+from recstack.errors import ConfigError
 from recstack.spec.sharding import DTYPE_BYTES, ShardTable, ShardTask, TablePool, TaskSet
 
 DEFAULT_TASK_BATCH = 4096
@@ -185,15 +185,9 @@ def make_tasks(pool: TablePool, n_tables: int = 50, devices: int = 4, count: int
 
 def load_tasks(path: str | Path) -> TaskSet:
     """A `TaskSet` JSON (what `recstack shard tasks` writes); errors name the file and field."""
-    from recstack.io import read_json
-    from recstack.spec.loader import validate
+    from recstack.spec.loader import load_json_model
 
-    p = Path(path)
-    data = read_json(p, "tasks file")
-    try:
-        return validate(TaskSet, data, str(p))
-    except ConfigError as e:
-        raise DataError(str(e)) from None
+    return load_json_model(TaskSet, path, "tasks file")
 
 
 def save_tasks(tasks: TaskSet, path: str | Path) -> Path:

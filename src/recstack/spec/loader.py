@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from recstack.errors import ConfigError
+from recstack.errors import ConfigError, DataError
 from recstack.spec.device import DeviceSpec, Topology
 from recstack.spec.model import ModelSpec
 from recstack.spec.train import TrainSpec
@@ -60,6 +60,17 @@ def read_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     return data
+
+
+def load_json_model(cls: type[T], path: str | Path, what: str) -> T:
+    """A pydantic model from a JSON data file; DataError naming the file (and line or field)."""
+    from recstack.io import read_json
+
+    p = Path(path)
+    try:
+        return validate(cls, read_json(p, what), str(p))
+    except ConfigError as e:
+        raise DataError(str(e)) from None
 
 
 def validate(cls: type[T], data: Any, where: str) -> T:

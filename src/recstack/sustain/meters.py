@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
+from recstack.machine import usable_cores as local_cores  # cores this process may run on
 from recstack.spec import DeviceSpec, load_device
 
 J_PER_KWH = 3.6e6
@@ -74,14 +75,6 @@ def estimate_cpu_joules(wall_s: float, cpu_s: float, cores: int, tdp_w: float, i
         return 0.0
     busy = min(1.0, max(0.0, cpu_s) / (wall_s * cores))
     return idle_w * wall_s + (tdp_w - idle_w) * busy * wall_s
-
-
-def local_cores() -> int:
-    """Cores this process may run on (its affinity set), which bounds its CPU time per second."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def hardware_for_gpu(gpu_name: str | None) -> str:
