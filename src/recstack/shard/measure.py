@@ -689,37 +689,26 @@ def _measure_devices(devs: list[tuple[Sequence[Shard], int]], st: MeasureSetting
             r.speed.append((prev[0] + cur) / 2)
             prev[0] = cur
 
+    # interleaved: one group of all devices, built at once; else one device per group in turn
+    groups = [list(range(len(devs)))] if interleave else [[i] for i in range(len(devs))]
     try:
-        if interleave:
-            runs = [_build_run(s, batch, st, backend, icache) for s, batch in devs]
+        for group in groups:
+            runs = [_build_run(*devs[i], st, backend, icache) for i in group]
             gc.disable()
-            for i, r in enumerate(runs):
-                r.run(st.warmup, record=False)
-                r.calibrate(st.min_sample_ms)
-                tick(f"warm-up, device {i + 1}/{len(runs)}", st.warmup)
-            if ref is not None:
-                prev[0] = _ref_sample(ref)
-            for b, n in enumerate(sizes):
-                for i, r in enumerate(runs):
-                    block(r, n)
-                    tick(f"block {b + 1}/{len(sizes)}, device {i + 1}/{len(runs)}", n + rewarm)
-            out = [_finish(r, baseline) for r in runs]
-        else:
-            for i, (s, batch) in enumerate(devs):
-                r = _build_run(s, batch, st, backend, icache)
-                gc.disable()
+            for i, r in zip(group, runs):
                 r.run(st.warmup, record=False)
                 r.calibrate(st.min_sample_ms)
                 tick(f"device {i + 1}/{len(devs)}, warm-up", st.warmup)
-                if ref is not None:
-                    prev[0] = _ref_sample(ref)
-                for b, n in enumerate(sizes):
+            if ref is not None:
+                prev[0] = _ref_sample(ref)
+            for b, n in enumerate(sizes):
+                for i, r in zip(group, runs):
                     block(r, n)
                     tick(f"device {i + 1}/{len(devs)}, block {b + 1}/{len(sizes)}", n + rewarm)
-                if gc_was:
-                    gc.enable()
-                out.append(_finish(r, baseline))
-                del r
+            if gc_was:
+                gc.enable()
+            out += [_finish(r, baseline) for r in runs]
+            del runs, r  # free this group's tables before building the next
     finally:
         if gc_was:
             gc.enable()
