@@ -12,7 +12,7 @@ reference's format: per-table index tensors and [T, B] offsets). Protocol on std
 line each: `run N [W]` -> `ms M` (W untimed steps, then the mean ms per step over N steps,
 timed here with perf_counter), `quit` -> exit. Nothing else is printed on stdout.
 
-    python _reference_driver.py REF_PATH BATCHES.pt ROWS TABLES DIM
+    python _reference_driver.py REF_PATH BATCHES.pt DIM EMB BOT TOP   (the script's --arch-* values)
 """
 
 from __future__ import annotations
@@ -30,17 +30,29 @@ import types
 import numpy as np
 import torch
 
-DENSE, BOTTOM, TOP = 13, [512, 256, 64], [512, 256, 1]
+
+def stub_tensorboard() -> None:
+    """A do-nothing torch.utils.tensorboard when tensorboard is not installed (the reference
+    imports it at module level and only logs scalars through it)."""
+    try:
+        importlib.import_module("torch.utils.tensorboard")
+    except ImportError:
+        stub = types.ModuleType("torch.utils.tensorboard")
+
+        class SummaryWriter:
+            def __init__(self, *a: object, **k: object) -> None:
+                pass
+
+            def __getattr__(self, name: str) -> object:
+                return lambda *a, **k: None
+
+        stub.SummaryWriter = SummaryWriter  # type: ignore[attr-defined]
+        sys.modules["torch.utils.tensorboard"] = stub
 
 
 def load_reference(path: str) -> types.ModuleType:
     """The reference script as a module (its optional TensorBoard import stubbed when absent)."""
-    try:
-        importlib.import_module("torch.utils.tensorboard")
-    except ImportError:  # tensorboard not installed
-        stub = types.ModuleType("torch.utils.tensorboard")
-        stub.SummaryWriter = type("SummaryWriter", (), {"__init__": lambda self, *a, **k: None})  # type: ignore[attr-defined]
-        sys.modules["torch.utils.tensorboard"] = stub
+    stub_tensorboard()
     ref_dir = os.path.dirname(os.path.abspath(path))
     sys.path.insert(0, ref_dir)
     spec = importlib.util.spec_from_file_location("dlrm_s_pytorch_reference", path)
@@ -55,17 +67,19 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("path")
     ap.add_argument("batches")
-    ap.add_argument("rows", type=int)
-    ap.add_argument("tables", type=int)
-    ap.add_argument("dim", type=int)
+    ap.add_argument("dim", type=int, help="--arch-sparse-feature-size")
+    ap.add_argument("emb", help="--arch-embedding-size, e.g. 1000000-1000000")
+    ap.add_argument("bot", help="--arch-mlp-bot, e.g. 13-512-256-64-16")
+    ap.add_argument("top", help="--arch-mlp-top without its input width, e.g. 512-256-1")
     a = ap.parse_args()
     mod = load_reference(a.path)
     np.random.seed(123)  # the benchmark command line's --numpy-rand-seed
-    n_fea = a.tables + 1
-    ln_bot = np.array([DENSE, *BOTTOM, a.dim])
-    ln_top = np.array([n_fea * (n_fea - 1) // 2 + a.dim, *TOP])
+    ln_emb = np.array([int(x) for x in a.emb.split("-")])
+    ln_bot = np.array([int(x) for x in a.bot.split("-")])
+    n_fea = ln_emb.size + 1  # dot interaction without self-pairs, as the script computes it
+    ln_top = np.array([n_fea * (n_fea - 1) // 2 + ln_bot[-1], *(int(x) for x in a.top.split("-"))])
     dlrm = mod.DLRM_Net(
-        a.dim, np.array([a.rows] * a.tables), ln_bot, ln_top, arch_interaction_op="dot",
+        a.dim, ln_emb, ln_bot, ln_top, arch_interaction_op="dot",
         arch_interaction_itself=False, sigmoid_bot=-1, sigmoid_top=ln_top.size - 2, sync_dense_params=True,
         loss_threshold=0.0, ndevices=-1, qr_flag=False, qr_operation="mult", qr_collisions=4, qr_threshold=200,
         md_flag=False, md_threshold=200, weighted_pooling=None, loss_function="bce",

@@ -85,21 +85,16 @@ DENSE = 13
 
 # Runs the reference script in a fresh interpreter; stubs torch.utils.tensorboard if absent.
 _REF_BOOT = """
-import os, runpy, sys, types
-try:
-    import torch.utils.tensorboard  # noqa: F401
-except Exception:
-    mod = types.ModuleType("torch.utils.tensorboard")
-    class SummaryWriter:
-        def __init__(self, *a, **k): pass
-        def __getattr__(self, name): return lambda *a, **k: None
-    mod.SummaryWriter = SummaryWriter
-    sys.modules["torch.utils.tensorboard"] = mod
-path = sys.argv[1]
-sys.argv = sys.argv[1:]
+import os, runpy, sys
+sys.path.insert(0, sys.argv[1])
+from _reference_driver import stub_tensorboard
+stub_tensorboard()
+path = sys.argv[2]
+sys.argv = sys.argv[2:]
 sys.path.insert(0, os.path.dirname(os.path.abspath(path)))
 runpy.run_path(path, run_name="__main__")
 """
+_HERE = os.path.dirname(os.path.abspath(__file__))
 _REF_LINE = re.compile(r"Finished training it (\d+)/(\d+) of epoch \d+, ([0-9.]+) ms/it")
 
 
@@ -281,12 +276,18 @@ def breakdown(trainer: Trainer, batch: Batch, iters: int = 10, repeats: int = 7)
 
 
 # ---------------------------------------------------------------- reference
-def reference_cmd(path: str, args: argparse.Namespace, batches: int) -> list[str]:
+def reference_arch(args: argparse.Namespace) -> tuple[str, str, str]:
+    """The reference's --arch-embedding-size, --arch-mlp-bot and --arch-mlp-top for this configuration."""
     emb = "-".join([str(args.rows)] * args.tables)
+    return emb, f"{DENSE}-{'-'.join(map(str, BOTTOM[:-1]))}-{args.dim}", "-".join(map(str, TOP))
+
+
+def reference_cmd(path: str, args: argparse.Namespace, batches: int) -> list[str]:
+    emb, bot, top = reference_arch(args)
     return [
-        sys.executable, "-c", _REF_BOOT, path,
-        f"--arch-sparse-feature-size={args.dim}", f"--arch-mlp-bot={DENSE}-{'-'.join(map(str, BOTTOM[:-1]))}-{args.dim}",
-        f"--arch-mlp-top={'-'.join(map(str, TOP))}", f"--arch-embedding-size={emb}",
+        sys.executable, "-c", _REF_BOOT, _HERE, path,
+        f"--arch-sparse-feature-size={args.dim}", f"--arch-mlp-bot={bot}",
+        f"--arch-mlp-top={top}", f"--arch-embedding-size={emb}",
         f"--num-indices-per-lookup={args.pooling}", "--num-indices-per-lookup-fixed=True",
         f"--mini-batch-size={args.batch_size}", "--data-generation=random", "--learning-rate=0.1",
         "--loss-function=bce", f"--print-freq={args.print_freq}", "--print-time", f"--num-batches={batches}",
@@ -306,7 +307,7 @@ def run_reference(path: str, args: argparse.Namespace) -> tuple[list[float], str
     if p.returncode != 0 or not vals:
         tail = (p.stdout + p.stderr)[-2000:]
         raise SystemExit(f"reference run failed (exit {p.returncode}):\n{tail}")
-    shown = " ".join(c if i != 2 else "<bootstrap: stub tensorboard, run_path>" for i, c in enumerate(cmd))
+    shown = " ".join([cmd[0], "<bootstrap: stub tensorboard, run_path>", *cmd[4:]])
     return vals, shown
 
 
@@ -326,12 +327,12 @@ class InterleavedReference:
                                 b.labels.view(-1, 1)))
         data = os.path.join(tmp, "reference_batches.pt")
         torch.save(ref_batches, data)
-        driver = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_reference_driver.py")
+        driver = os.path.join(_HERE, "_reference_driver.py")
         env = dict(os.environ)
         if args.threads:
             env["OMP_NUM_THREADS"] = str(args.threads)
         self.proc = subprocess.Popen(
-            [sys.executable, driver, path, data, str(args.rows), str(args.tables), str(args.dim)],
+            [sys.executable, driver, path, data, str(args.dim), *reference_arch(args)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
             cwd=os.path.dirname(os.path.abspath(path)),
         )
