@@ -68,6 +68,27 @@ def test_dense_sgd_equals_torch_sgd(momentum):
     assert all(p.grad is None for p in net.parameters())
 
 
+def test_dense_sgd_runs_step_hooks():
+    """A registered optimizer step hook (here a global one) sends the step through torch's SGD."""
+    from recstack.spec import TrainSpec
+    from recstack.train.optim import DenseOptimizer
+
+    lin = torch.nn.Linear(3, 2)
+    opt = DenseOptimizer(lin.parameters(), TrainSpec(optimizer="sgd", lr=0.1))
+    calls = []
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    handle = register_optimizer_step_pre_hook(lambda o, a, k: calls.append(o))
+    try:
+        lin(torch.ones(1, 3)).sum().backward()
+        before = lin.weight.detach().clone()
+        opt.step(0.1)
+    finally:
+        handle.remove()
+    assert calls == [opt.opt]
+    torch.testing.assert_close(lin.weight.detach(), before - 0.1 * lin.weight.grad)
+
+
 def test_rowwise_adagrad_formula():
     w = torch.zeros(2, 2, requires_grad=True)
     w.grad = torch.tensor([[3.0, 4.0], [0.0, 0.0]])

@@ -214,7 +214,7 @@ class _FusedBags(nn.Module):
                 self.groups.append([])
             self.groups[by_dim[d]].append(t)
         self.num_tables = len(shapes)
-        self._shift_cache: dict[int, tuple[tuple, torch.Tensor]] = {}
+        self._shift_cache: dict[int, tuple[tuple[int, ...], torch.Tensor]] = {}  # group -> (counts, shift)
         self.weights = nn.ParameterList()
         self.place: list[tuple[int, int, int]] = [(0, 0, 0)] * len(shapes)  # (group, row offset, rows)
         for g, members in enumerate(self.groups):
@@ -242,10 +242,10 @@ class _FusedBags(nn.Module):
         offs = getattr(self, f"row_offsets_{g}")
         if per_table.device.type != "cpu":
             return torch.repeat_interleave(offs, per_table)
-        key = (g, tuple(per_table.tolist()))
+        counts = tuple(per_table.tolist())
         hit = self._shift_cache.get(g)
-        if hit is None or hit[0] != key or hit[1].device != offs.device:
-            hit = self._shift_cache[g] = (key, torch.repeat_interleave(offs, per_table))
+        if hit is None or hit[0] != counts or hit[1].device != offs.device:
+            hit = self._shift_cache[g] = (counts, torch.repeat_interleave(offs, per_table))
         return hit[1]
 
     def forward(self, sb: SparseBatch) -> list[torch.Tensor]:
@@ -263,7 +263,8 @@ class _FusedBags(nn.Module):
                 per_sample_weights=None, include_last_offset=True,
             )
             # one split, not a slice per table: each slice's backward would zero-fill a tensor of
-            # the whole pooled output (T slices -> O(T^2) memory traffic); split's is one cat
+            # the whole pooled output (T slices -> O(T^2) memory traffic); split's is one cat.
+            # The dot interaction recognises these row blocks and reads `pooled` itself.
             for t, part in zip(members, pooled.split(b)):
                 out[t] = part
         return out  # type: ignore[return-value]
