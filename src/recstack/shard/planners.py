@@ -51,10 +51,6 @@ def register_planner(name: str, factory: PlannerFactory) -> None:
     PLANNERS[name] = factory
 
 
-def planner_names() -> list[str]:
-    return list(PLANNERS)
-
-
 def get_planner(name: str, **options: object) -> Planner:
     """The planner registered as `name`, built with `options`."""
     if name not in PLANNERS:
