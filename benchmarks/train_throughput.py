@@ -311,6 +311,48 @@ def run_reference(path: str, args: argparse.Namespace) -> tuple[list[float], str
     return vals, shown
 
 
+class StepGemms:
+    """The oneDNN GEMM calls of one recstack training step, replayed on their own: the step's GEMM floor.
+
+    Records the shapes and strides of every GEMM the MLP fast path runs in one step
+    (`recstack.models.mlp._mm_nt`: forward, weight and input gradients of both MLPs) and replays
+    the same calls on fresh operands. Their time is what the step would take if everything else
+    (embeddings, interaction, elementwise passes, loss, optimizers, autograd and Python) were
+    free; the reference's time over it bounds the speed-up any implementation of the same fp32
+    GEMMs on this machine could reach. Not included: the logit layer's GEMV (torch.mm, ~0.1 ms)
+    and the interaction's batched 9x9 products.
+    """
+
+    def __init__(self, trainer: Trainer, batch: Batch) -> None:
+        calls: list[tuple[torch.Size, tuple[int, ...], torch.Size, tuple[int, ...]]] = []
+        real = mlp_module._mm_nt
+
+        def recording(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+            calls.append((a.shape, a.stride(), b.shape, b.stride()))
+            return real(a, b)
+
+        mlp_module._mm_nt = recording
+        try:
+            trainer.step(batch)
+        finally:
+            mlp_module._mm_nt = real
+        self.ops = [(torch.empty_strided(sa, ta).normal_(), torch.empty_strided(sb, tb).normal_())
+                    for sa, ta, sb, tb in calls]
+        self.flops = sum(2.0 * a.shape[0] * a.shape[1] * b.shape[0] for a, b in self.ops)
+
+    def run(self) -> None:
+        for a, b in self.ops:
+            mlp_module._mm_nt(a, b)
+
+    def time(self, iters: int) -> float:
+        """ms per GEMM set over `iters` sets, after one untimed set."""
+        self.run()
+        t = time.perf_counter()
+        for _ in range(iters):
+            self.run()
+        return (time.perf_counter() - t) / iters * 1e3
+
+
 class InterleavedReference:
     """The reference's step in a separate process (_reference_driver.py), run in blocks on request.
 
@@ -362,17 +404,19 @@ class InterleavedReference:
 
 
 def interleaved(trainer: Trainer, batches: list[Batch], ref: InterleavedReference, iters: int, blocks: int,
-                warmup: int) -> tuple[list[float], list[float]]:
+                warmup: int, floor: StepGemms | None = None) -> tuple[list[float], list[float], list[float]]:
     """ms/it of `blocks` pairs of blocks of `iters` recstack and `iters` reference steps, the order
-    swapped every pair; returns (recstack, reference) values, pairwise aligned. Each block starts
-    with one untimed step on either side: the other process has just evicted its caches, which
-    a training run alone never sees."""
+    swapped every pair; returns (recstack, reference, GEMM floor) values, pairwise aligned. Each
+    block starts with one untimed step on either side: the other process has just evicted its
+    caches, which a training run alone never sees. With `floor`, a block of its GEMM sets follows
+    each recstack block (same conditions)."""
     n = len(batches)
     for i in range(warmup):
         trainer.step(batches[i % n])
     ref.run(warmup)
     ours: list[float] = []
     theirs: list[float] = []
+    gemms: list[float] = []
     for k in range(blocks):
         if k % 2:
             theirs.append(ref.run(iters, warm=1))
@@ -382,9 +426,11 @@ def interleaved(trainer: Trainer, batches: list[Batch], ref: InterleavedReferenc
             loss = trainer.step(batches[(k * iters + i) % n])
         loss.item()
         ours.append((time.perf_counter() - t) / iters * 1e3)
+        if floor is not None:
+            gemms.append(floor.time(iters))
         if not k % 2:
             theirs.append(ref.run(iters, warm=1))
-    return ours, theirs
+    return ours, theirs, gemms
 
 
 # ---------------------------------------------------------------- main
@@ -446,6 +492,9 @@ def main(argv: list[str] | None = None) -> int:
     inter = InterleavedReference(args.reference, args, batches, tmpdir.name) \
         if args.reference and args.reference_mode in ("both", "interleaved") else None
     ref_cmd = ""
+    floor = StepGemms(trainer, batches[0])
+    floor_ms: list[float] = []  # GEMM floor after each repetition set (same conditions as ours)
+    il_floor: list[float] = []
     gemm_rounds: list[dict[str, float]] = []
     energy: list[EnergyReport] = []
     for r in range(args.rounds):
@@ -453,7 +502,9 @@ def main(argv: list[str] | None = None) -> int:
         ours += time_steps(trainer, batches, args.iters, args.repeats, args.warmup if r == 0 else 3, meter)
         if meter is not None and meter.report is not None:
             energy.append(meter.report)
-        log(f"round {r + 1}: recstack {statistics.median(ours[-args.repeats:]):.2f} ms/it")
+        floor_ms += [floor.time(args.iters) for _ in range(args.repeats)]
+        log(f"round {r + 1}: recstack {statistics.median(ours[-args.repeats:]):.2f} ms/it; its GEMMs alone "
+            f"{statistics.median(floor_ms[-args.repeats:]):.2f} ms")
         gemm_rounds.append(gemm_gflops(repeats=7))  # the machine's GEMM rate under the same conditions
         if args.compare_plain:
             mlp_module.MLP.fast = False
@@ -463,11 +514,13 @@ def main(argv: list[str] | None = None) -> int:
                 mlp_module.MLP.fast = True
             log(f"round {r + 1}: recstack, plain MLP path {statistics.median(plain[-args.repeats:]):.2f} ms/it")
         if inter is not None:
-            a, b = interleaved(trainer, batches, inter, args.iters, args.blocks, 10 if r == 0 else 2)
+            a, b, c = interleaved(trainer, batches, inter, args.iters, args.blocks, 10 if r == 0 else 2, floor)
             il_ours += a
             il_ref += b
+            il_floor += c
             log(f"round {r + 1}: interleaved: recstack {statistics.median(a):.2f}, reference "
-                f"{statistics.median(b):.2f} ms/it -> {statistics.median(b) / statistics.median(a):.2f}x")
+                f"{statistics.median(b):.2f} ms/it -> {statistics.median(b) / statistics.median(a):.2f}x; "
+                f"recstack's GEMMs alone {statistics.median(c):.2f} ms")
         if subproc:
             vals, ref_cmd = run_reference(args.reference, args)
             ref += vals[1:]
@@ -531,6 +584,17 @@ def main(argv: list[str] | None = None) -> int:
             "block_pairs": len(pairs), "iters_per_block": args.iters,
         }
         out.setdefault("speedup_vs_reference", out["interleaved"]["speedup"])
+    fl = statistics.median(floor_ms)
+    out["gemm_floor"] = {
+        "gemm_calls": len(floor.ops), "gflop_per_iter": floor.flops / 1e9, "ms_per_iter": fl,
+        "gflops": floor.flops / fl / 1e6, "non_gemm_ms": ms - fl, "gemm_share_of_step": fl / ms,
+    }
+    if ref:
+        out["gemm_floor"]["speedup_ceiling_vs_script"] = out["reference_ms_per_iter"] / fl
+    if il_ours:
+        ilf = statistics.median(il_floor)
+        out["gemm_floor"]["interleaved_ms_per_iter"] = ilf
+        out["gemm_floor"]["speedup_ceiling_interleaved"] = out["interleaved"]["reference_ms_per_iter"] / ilf
     if not ref and not il_ours:
         out["reference_anchor_ms_per_iter"] = list(ANCHOR_MS)
         out["reference_anchor_note"] = "published anchor from REFERENCE.md section 1, not measured here"
@@ -562,6 +626,14 @@ def main(argv: list[str] | None = None) -> int:
     if not ref and not il_ours:
         print(f"reference: published anchor {ANCHOR_MS[0]:.0f}-{ANCHOR_MS[1]:.0f} ms/it (REFERENCE.md; NOT measured "
               "here; pass --reference PATH/dlrm_s_pytorch.py to measure it side by side)")
+    gf = out["gemm_floor"]
+    print(f"GEMM floor: the step's {gf['gemm_calls']} oneDNN GEMMs ({gf['gflop_per_iter']:.2f} GFLOP) alone take "
+          f"{gf['ms_per_iter']:.2f} ms ({gf['gflops']:.0f} GFLOP/s), {gf['gemm_share_of_step']:.0%} of the step; "
+          f"everything else {gf['non_gemm_ms']:.2f} ms")
+    for key, label in (("speedup_ceiling_vs_script", "the script's"), ("speedup_ceiling_interleaved", "the interleaved")):
+        if key in gf:
+            print(f"  speed-up ceiling over {label} reference time if nothing but these GEMMs cost anything: "
+                  f"{gf[key]:.2f}x")
     print("GEMM 2048x512x512 fp32: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in gemm.items()))
     if "breakdown_ms" in out:
         print(f"MLPs: {out['mlp_ms']:.2f} ms for {flops / 1e9:.2f} GFLOP -> {out['mlp_gflops']:.0f} GFLOP/s "

@@ -77,6 +77,24 @@ def test_non_contiguous_input_and_hooks_fall_back_correctly():
     assert seen
 
 
+@needs_onednn
+def test_feature_major_input_is_read_in_place_and_matches_row_major():
+    """A [B, k] view of a contiguous [k, B] tensor (the dot interaction's output) needs no copy;
+    values and gradients equal those of the same input stored row-major."""
+    m = MLP([52, 64, 8, 1], relu_last=False, seed_gen=torch.Generator().manual_seed(0))
+    base = torch.randn(52, 40)
+    _compare(m, base.t())  # against plain layers
+    fm = base.clone().requires_grad_(True)
+    rm = base.t().contiguous().requires_grad_(True)
+    ya, yb = m(fm.t()), m(rm)
+    assert torch.equal(ya, yb)
+    saved_x = ya.grad_fn.saved_tensors[0]  # the first layer's input, kept for its weight gradient
+    assert saved_x.data_ptr() == fm.data_ptr()  # the caller's storage: no row-major copy was made
+    ya.sum().backward()
+    yb.sum().backward()
+    assert torch.equal(fm.grad.t(), rm.grad)
+
+
 def test_layout_of_parameters_is_unchanged():
     m = MLP([13, 32, 16], sigmoid_last=True)
     assert list(m.state_dict()) == ["layers.0.weight", "layers.0.bias", "layers.2.weight", "layers.2.bias"]

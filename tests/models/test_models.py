@@ -122,6 +122,8 @@ def test_dot_interaction_fast_path_is_bit_identical(tiled: bool) -> None:
                 pooled = [p.clone() for p in pooled]  # separate tensors: the stack path, either way
             z = model.interaction(x, pooled)
             assert (type(z.grad_fn).__name__ == "_DotFromTiledBackward") == (fast and tiled)
+            if fast and tiled:  # feature-major output, the layout the top MLP reads in place
+                assert z.t().is_contiguous()
             (z * torch.arange(z.shape[1], dtype=z.dtype)).sum().backward()
             used = [*model.bottom.parameters(), *model.embeddings.parameters()]
             grads = [p.grad.to_dense() if p.grad.is_sparse else p.grad.clone() for p in used]

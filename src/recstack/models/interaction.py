@@ -62,19 +62,26 @@ class _DotFromTiled(torch.autograd.Function):
     Same arithmetic as stack + `_GramTril` + cat (one bmm each way; bit-identical results); the
     backward writes G + G^T straight from the incoming gradient (two index copies) and returns the
     tables' gradient in the tiled layout the embedding lookup produced.
+
+    The output is a [B, d + pairs] view of a feature-major [d + pairs, B] tensor, the layout the
+    top MLP's fast path reads without a copy (its first GEMMs run faster on it than on a
+    row-major [B, 52]: perf, ~0.4 ms of a DLRM benchmark step); values are the same either way.
+    The gradient for x comes back feature-major too, the layout of the bottom MLP's output.
     """
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, tiled: torch.Tensor, flat_idx: torch.Tensor, flat_idx_t: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         b, d = x.shape
         t = tiled.shape[0] // b
-        x = x.contiguous()  # often a transposed view (the MLP's feature-major output): read it once
         feats = x.new_empty(b, t + 1, d)
         feats[:, 0].copy_(x)
         feats[:, 1:].copy_(tiled.view(t, b, d).transpose(0, 1))
         gram = torch.bmm(feats, feats.transpose(1, 2)).view(b, -1)
         ctx.save_for_backward(feats, flat_idx, flat_idx_t)
-        return torch.cat([x, gram.index_select(1, flat_idx)], dim=1)
+        zt = x.new_empty(d + flat_idx.numel(), b)
+        zt[:d].copy_(x.t())
+        torch.index_select(gram.t(), 0, flat_idx, out=zt[d:])
+        return zt.t()
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -85,9 +92,9 @@ class _DotFromTiled(torch.autograd.Function):
         sym = g.new_zeros(b, f * f)
         sym.index_copy_(1, flat_idx, gp).index_copy_(1, flat_idx_t, gp)  # G + G^T (disjoint entries)
         gfeats = torch.bmm(sym.view(b, f, f), feats)
-        gx = g[:, :d] + gfeats[:, 0]
+        gxt = torch.add(g[:, :d].t(), gfeats[:, 0].t())  # feature-major [d, B] when g is (the top MLP's)
         gtiled = gfeats[:, 1:].transpose(0, 1).reshape((f - 1) * b, d)
-        return gx, gtiled, None, None
+        return gxt.t(), gtiled, None, None
 
 
 class _GramTril(torch.autograd.Function):
