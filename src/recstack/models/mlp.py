@@ -18,8 +18,9 @@ layers, a quarter of the MLP time). Feature-major, every operand is already in t
 GEMM wants: forward Y^T = W X^T, weight gradient dZ^T X, input gradient W^T dZ^T (only the small
 W^T is copied, in the forward). The input may be feature-major too (a [batch, in] view of a
 contiguous [in, batch] tensor, as the dot interaction returns it): it is read in place, and its
-first GEMMs run faster than on a row-major [batch, 52]. The bias and ReLU then run as one in-place pass (`_add_relu_`) instead of a GEMM
-epilogue, and the ReLU output doubles as its backward mask. The numerics are fp32 GEMMs as on
+first GEMMs run faster than on a row-major [batch, 52]. The bias and ReLU then run as one
+in-place pass (`_add_relu_`) instead of a GEMM epilogue, and the ReLU output doubles as its
+backward mask. The numerics are fp32 GEMMs as on
 the plain path (only the summation order, hence float rounding, differs). Anything unusual
 (other devices or dtypes, autocast, torch.compile tracing, dispatch modes such as
 FlopCounterMode, hooks on the layers, oneDNN missing) takes the plain module path.
