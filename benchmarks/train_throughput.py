@@ -38,6 +38,12 @@ the update, 3*B*T*L*dim*4, over the embedding forward+backward+update time), and
 fp32 GEMM rate on 2048x512x512 through torch.mm and through oneDNN, measured after every round
 (so under the same load as the step timings) and reported as the median over rounds.
 
+GEMM floor: the oneDNN GEMM calls of one recstack step (recorded once, same shapes and strides)
+are replayed on their own after every repetition set and after every recstack block of the
+interleaved comparison; `gemm_floor` reports their time, the step's non-GEMM remainder and the
+speed-up ceiling (reference time / GEMM floor) that no implementation of the same fp32 GEMMs on
+this machine could exceed.
+
 Noise: with torch's default of one OpenMP thread per core, any other busy process on the machine
 slows every parallel region (both implementations alike) by up to 20x; run on an otherwise idle
 machine, keep --rounds >= 2 so that a burst of load hits both sides, and check min/max.
