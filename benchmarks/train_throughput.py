@@ -41,8 +41,8 @@ fp32 GEMM rate on 2048x512x512 through torch.mm and through oneDNN, measured aft
 GEMM floor: the oneDNN GEMM calls of one recstack step (recorded once, same shapes and strides)
 are replayed on their own after every repetition set and after every recstack block of the
 interleaved comparison; `gemm_floor` reports their time, the step's non-GEMM remainder and the
-speed-up ceiling (reference time / GEMM floor) that no implementation of the same fp32 GEMMs on
-this machine could exceed.
+speed-up ceiling (reference time / GEMM floor): the most any step built on these same GEMM
+calls could reach on this machine.
 
 Noise: with torch's default of one OpenMP thread per core, any other busy process on the machine
 slows every parallel region (both implementations alike) by up to 20x; run on an otherwise idle
