@@ -36,7 +36,7 @@ def test_sparse_update_equals_dense_update(cls, rows):
     torch.testing.assert_close(ws.detach()[untouched], _grads(False, rows).detach()[untouched])
 
 
-@pytest.mark.parametrize("momentum", [0.0, 0.9])  # 0: recstack's foreach step; 0.9: torch's SGD.step
+@pytest.mark.parametrize("momentum", [0.0, 0.9])  # 0: recstack's lean step; 0.9: torch's SGD.step
 def test_dense_sgd_equals_torch_sgd(momentum):
     from recstack.spec import TrainSpec
     from recstack.train.optim import DenseOptimizer
@@ -45,10 +45,10 @@ def test_dense_sgd_equals_torch_sgd(momentum):
     net = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.ReLU(), torch.nn.Linear(4, 1))
     twin = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.ReLU(), torch.nn.Linear(4, 1))
     twin.load_state_dict(net.state_dict())
-    net[2].bias.requires_grad_(True)
     ours = DenseOptimizer(net.parameters(), TrainSpec(optimizer="sgd", lr=0.1))
     if momentum:
         ours.opt.param_groups[0]["momentum"] = momentum
+    assert ours._plain_sgd() == (momentum == 0)  # which of the two paths the steps below take
     theirs = torch.optim.SGD(twin.parameters(), lr=0.1, momentum=momentum)
     x = torch.randn(8, 5)
     for step in range(3):

@@ -30,9 +30,10 @@ class DotInteraction(nn.Module):
         self.num_features = num_features
 
     def forward(self, x: torch.Tensor, pooled: list[torch.Tensor]) -> torch.Tensor:
-        tiled = _tiled_base(pooled, x.shape[0], x.shape[-1]) if self.fast and x.dim() == 2 else None
-        if tiled is not None and len(pooled) + 1 == self.num_features:
-            return _DotFromTiled.apply(x, tiled, self.flat_idx, self.flat_idx_t)
+        if self.fast and x.dim() == 2 and len(pooled) + 1 == self.num_features:
+            tiled = _tiled_base(pooled, x.shape[0], x.shape[-1])
+            if tiled is not None:
+                return _DotFromTiled.apply(x, tiled, self.flat_idx, self.flat_idx_t)
         feats = torch.stack([x, *pooled], dim=1)  # [B, F, d]
         return torch.cat([x, _GramTril.apply(feats, self.flat_idx)], dim=1)
 

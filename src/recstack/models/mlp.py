@@ -20,10 +20,10 @@ W^T is copied, in the forward). The input may be feature-major too (a [batch, in
 contiguous [in, batch] tensor, as the dot interaction returns it): it is read in place, and its
 first GEMMs run faster than on a row-major [batch, 52]. The bias and ReLU then run as one
 in-place pass (`_add_relu_`) instead of a GEMM epilogue, and the ReLU output doubles as its
-backward mask. The numerics are fp32 GEMMs as on
-the plain path (only the summation order, hence float rounding, differs). Anything unusual
-(other devices or dtypes, autocast, torch.compile tracing, dispatch modes such as
-FlopCounterMode, hooks on the layers, oneDNN missing) takes the plain module path.
+backward mask. The numerics are fp32 GEMMs as on the plain path (only the summation order,
+hence float rounding, differs). Anything unusual (other devices or dtypes, autocast,
+torch.compile tracing, dispatch modes such as FlopCounterMode, hooks on the layers, oneDNN
+missing) takes the plain module path.
 """
 
 from __future__ import annotations
