@@ -8,10 +8,10 @@ from __future__ import annotations
 import sys
 
 import typer
-from rich.console import Console
 from typer._click import exceptions as click_exc  # typer vendors click
 
 from recstack.errors import RecstackError
+from recstack.ui import console
 
 app = typer.Typer(
     name="recstack",
@@ -47,7 +47,7 @@ def _register() -> None:
 
 
 _register()
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+err_console = console(stderr=True)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,4 +1,4 @@
-"""Atomic file and directory writes, and run directories.
+"""Atomic file and directory writes, run directories, and the one JSON reader.
 
 Anything a user would hate to lose goes to a temporary name first, is fsynced, and is renamed
 into place, so an interrupted run never leaves a half-written file that looks complete.
@@ -7,13 +7,17 @@ into place, so an interrupted run never leaves a half-written file that looks co
 from __future__ import annotations
 
 import contextlib
+import gzip
 import json
 import os
 import shutil
 import tempfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from recstack.errors import DataError
 
 
 def _fsync_dir(path: Path) -> None:
@@ -129,17 +133,25 @@ def save_figure(fig: Any, path: str | Path, dpi: int = 120) -> Path:
 
 
 def read_json(path: str | Path, what: str = "JSON file") -> Any:
-    """Parsed JSON; a missing, unreadable or malformed file is a one-line DataError naming it (and the line)."""
-    from recstack.errors import DataError
-
+    """Parsed JSON (gzip-compressed or plain); a missing, unreadable or malformed file is a one-line
+    DataError naming it (and the line)."""
     path = Path(path)
     try:
-        return json.loads(path.read_text())
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise DataError(f"{path}: {what} not found") from None
     except IsADirectoryError:
         raise DataError(f"{path}: is a directory, expected a {what}") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read {what} ({e.strerror or e})") from None
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (EOFError, OSError, zlib.error) as e:
+            raise DataError(f"{path}: truncated or corrupt gzip ({e})") from None
+    try:
+        return json.loads(raw)
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: cannot read {what} (binary content, not JSON)") from None
     except json.JSONDecodeError as e:
         raise DataError(f"{path}: line {e.lineno}: invalid JSON ({e.msg})") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: cannot read {what} ({e})") from None

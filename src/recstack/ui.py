@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from rich.console import Console
 
+_MIN_WIDTH = 110  # columns when output is not a terminal (pipes, CI logs), so tables are not squeezed
 
-def console(stderr: bool = False, min_width: int = 110) -> Console:
-    """Rich console; at least `min_width` columns when output is not a terminal so tables are not squeezed."""
+
+def console(stderr: bool = False) -> Console:
+    """Rich console; at least _MIN_WIDTH columns when output is not a terminal."""
     c = Console(highlight=False, soft_wrap=True, stderr=stderr)
-    if not c.is_terminal and c.width < min_width:
-        c = Console(highlight=False, soft_wrap=True, stderr=stderr, width=min_width)
+    if not c.is_terminal and c.width < _MIN_WIDTH:
+        c = Console(highlight=False, soft_wrap=True, stderr=stderr, width=_MIN_WIDTH)
     return c

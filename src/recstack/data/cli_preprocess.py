@@ -45,7 +45,7 @@ def preprocess(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Preprocess Criteo-format TSV files into a memory-mapped binary store."""
-    err = Console(stderr=True, highlight=False)
+    err = ui_console(stderr=True)
     progress = Progress(
         TextColumn("{task.description:>8}"),
         BarColumn(),

@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from recstack.ui import console
+
 
 def synth(
     config: Annotated[str, typer.Argument(help="Shipped model config name (see `recstack models`) or a YAML path.")],
@@ -25,7 +27,6 @@ def synth(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary table.")] = False,
 ) -> None:
     """Synthesise a dataset for a model config, labelled by a hidden teacher of known AUC."""
-    from rich.console import Console
 
     from recstack.data.synth import TeacherConfig, synthesize
     from recstack.errors import ConfigError
@@ -46,7 +47,7 @@ def synth(
     )
     if quiet:
         return
-    con = Console()
+    con = console()
     con.print(f"wrote {rep.samples:,} samples of {spec.name} ({spec.num_tables} tables, "
               f"{spec.dense_features} dense, {spec.num_tasks} label(s)) to {rep.out} in {rep.seconds:.1f} s")
     for k in rep.teacher_auc:
@@ -65,8 +66,6 @@ def stats(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No table on the terminal.")] = False,
 ) -> None:
     """Per-table pooling, unique-row ratio, rows touched and the 17 reuse-factor bins."""
-    from rich.console import Console
-
     from recstack.data.stats import render_stats, table_stats
     from recstack.io import atomic_write_json
 
@@ -74,6 +73,7 @@ def stats(
     if out is not None:
         atomic_write_json(out, st)
     if not quiet:
-        render_stats(st, Console())
+        con = console()
+        render_stats(st, con)
         if out is not None:
-            Console().print(f"wrote {out}")
+            con.print(f"wrote {out}")

@@ -264,10 +264,11 @@ def _norm(v: np.ndarray) -> list[float]:
 
 def render_stats(stats: dict[str, Any], console: Any = None, max_tables: int = 60) -> None:
     """A readable rich rendering: one row per table, then the aggregate reuse histogram."""
-    from rich.console import Console
     from rich.table import Table
 
-    con = console or Console()
+    from recstack.ui import console as ui_console
+
+    con = console or ui_console()
     groups = [("(0,1]", 0, 1), ("(1,4]", 1, 3), ("(4,64]", 3, 7), ("(64,1k]", 7, 11), (">1k", 11, 17)]
     tab = Table(title=f"{stats['store']}  split={stats['split'] or 'all'}  batch={stats['batch_size']:,} "
                       f"x {stats['batches']}", show_lines=False)

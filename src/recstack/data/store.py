@@ -19,7 +19,6 @@ widened to int64 per batch. Everything is memory-mapped: reading is constant mem
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ import torch
 
 from recstack.data.batch import Batch, SparseBatch
 from recstack.errors import DataError
-from recstack.io import atomic_dir, atomic_write_json
+from recstack.io import atomic_dir, atomic_write_json, read_json
 
 FORMAT = "recstack-store"
 VERSION = 1
@@ -162,10 +161,7 @@ class Store:
             raise DataError(f"{self.path}: data directory not found")
         if not meta_path.exists():
             raise DataError(f"{self.path}: not a recstack data store (no meta.json; incomplete or wrong directory)")
-        try:
-            self.meta = json.loads(meta_path.read_text())
-        except json.JSONDecodeError as e:
-            raise DataError(f"{meta_path}: corrupt metadata ({e})") from None
+        self.meta = read_json(meta_path, "store metadata")
         if self.meta.get("format") != FORMAT or not self.meta.get("complete"):
             raise DataError(f"{meta_path}: not a complete recstack store")
         if self.meta.get("version") != VERSION:

@@ -7,37 +7,15 @@ A capture directory holds one ET and one Kineto trace per rank (`rank<R>.et.json
 
 from __future__ import annotations
 
-import gzip
-import json
 import re
-import zlib
 from pathlib import Path
 from typing import Any
 
 from recstack.errors import DataError
+from recstack.io import read_json
 from recstack.trace.graph import COLLECTIVES, Arg, CommInfo, OpNode, TraceGraph
 
 SUPPORTED_SCHEMAS = ("1.0", "1.1")
-
-
-def _read_json(path: Path, what: str) -> Any:
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"{path}: {what} not found") from None
-    except OSError as e:
-        raise DataError(f"{path}: cannot read {what} ({e.strerror})") from None
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            raw = gzip.decompress(raw)
-        except (EOFError, OSError, zlib.error) as e:
-            raise DataError(f"{path}: truncated or corrupt gzip ({e})") from None
-    try:
-        return json.loads(raw)
-    except UnicodeDecodeError:
-        raise DataError(f"{path}: not a JSON {what} (binary content)") from None
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: line {e.lineno} column {e.colno}: invalid JSON ({e.msg})") from None
 
 
 def _args(d: Any, path: Path, node_id: Any) -> list[Arg]:
@@ -64,7 +42,7 @@ def _check_schema(et: dict[str, Any], path: Path) -> str:
 
 def read_et(path: str | Path) -> tuple[dict[str, Any], dict[int, OpNode]]:
     path = Path(path)
-    et = _read_json(path, "execution trace")
+    et = read_json(path, "execution trace")
     if not isinstance(et, dict):
         raise DataError(f"{path}: expected a JSON object with 'schema' and 'nodes'")
     schema = _check_schema(et, path)
@@ -95,7 +73,7 @@ def join_kineto(nodes: dict[int, OpNode], path: str | Path) -> dict[str, Any]:
     """Give every ET node its Kineto start and duration (matched by record-function id); returns
     the Kineto trace's distributedInfo (rank, world size, backend, process groups) if any."""
     path = Path(path)
-    k = _read_json(path, "Kineto trace")
+    k = read_json(path, "Kineto trace")
     events = k.get("traceEvents") if isinstance(k, dict) else None
     if not isinstance(events, list):
         raise DataError(f"{path}: no 'traceEvents' list: not a Kineto (PyTorch profiler) trace")

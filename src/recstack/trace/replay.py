@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from recstack.errors import DataError
+from recstack.io import read_json
 from recstack.trace.graph import Arg, OpNode, TensorRef, TraceGraph
 
 _DTYPES = {
@@ -490,7 +491,6 @@ class Replayer:
 def replay(path: str | Path, *, rank: int = 0, iterations: int = 20, warmup: int = 5, device: str = "cpu",
            use_indices: bool = True, iteration: int | None = None, per_op: bool = True) -> ReplayResult:
     """Replay one iteration of a capture directory's rank `rank`; compare with the captured time."""
-    import json
 
     from recstack.trace.load import load_trace
 
@@ -502,7 +502,7 @@ def replay(path: str | Path, *, rank: int = 0, iterations: int = 20, warmup: int
     captured = None
     cap_file = p / "capture.json" if p.is_dir() else None
     if cap_file is not None and cap_file.is_file():
-        meta = json.loads(cap_file.read_text())
+        meta = read_json(cap_file, "capture settings")
         for r in meta.get("ranks", []):
             if int(r.get("rank", -1)) == rank:
                 captured = float(r["iteration_ms"])

@@ -20,12 +20,12 @@ Times are Kineto's CPU-side durations in microseconds (device kernels are in `gp
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
 
 from recstack.errors import DataError
+from recstack.io import read_json
 from recstack.trace.graph import OpNode, TraceGraph
 
 CATEGORIES = ("embedding", "GEMM", "elementwise", "communication", "optimizer", "other")
@@ -336,10 +336,7 @@ def _read_capture_meta(path: Path) -> dict[str, Any]:
     f = path / "capture.json"
     if not f.exists():
         return {}
-    try:
-        meta = json.loads(f.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise DataError(f"{f}: cannot read capture settings ({e})") from None
+    meta = read_json(f, "capture settings")
     return meta if isinstance(meta, dict) else {}
 
 

@@ -68,6 +68,7 @@ from pathlib import Path
 from typing import Any
 
 from recstack.errors import ConfigError, DataError
+from recstack.io import read_json
 from recstack.trace.graph import ITERATION_RE, OpNode, TraceGraph
 from recstack.trace.stats import (
     EMBEDDING_FORWARD_OPS,
@@ -957,10 +958,7 @@ def _read_meta(src: Path) -> dict[str, Any]:
     if not f.exists():
         raise DataError(f"{f}: not found: synth needs the capture settings (batch_size, world_size) of "
                         "`recstack trace capture`")
-    try:
-        meta = json.loads(f.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise DataError(f"{f}: cannot read capture settings ({e})") from None
+    meta = read_json(f, "capture settings")
     b = meta.get("batch_size") if isinstance(meta, dict) else None
     if isinstance(b, bool) or not isinstance(b, int) or b < 1:
         raise DataError(f"{f}: 'batch_size' missing or not a positive integer")
@@ -1027,7 +1025,7 @@ def synthesize(src: str | Path, out: str | Path, opts: SynthOptions) -> dict[str
     """Write a synthesized capture directory `out` from the capture `src`; returns its
     capture.json (with the "synth" summary)."""
     from recstack.io import atomic_dir, atomic_write_json, atomic_write_text
-    from recstack.trace.load import _read_json, load_trace
+    from recstack.trace.load import load_trace
 
     opts.validate()
     src, out = Path(src), Path(out)
@@ -1165,8 +1163,8 @@ def synthesize(src: str | Path, out: str | Path, opts: SynthOptions) -> dict[str
             g = graphs[k]
             if k not in raw_cache:  # parsed once per template, copied per new rank
                 kp = g.meta.get("kineto_file")
-                raw_cache[k] = (pickle.dumps(_read_json(Path(g.meta["et_file"]), "execution trace")),
-                                pickle.dumps(_read_json(Path(kp), "Kineto trace") if kp else {"traceEvents": []}))
+                raw_cache[k] = (pickle.dumps(read_json(Path(g.meta["et_file"]), "execution trace")),
+                                pickle.dumps(read_json(Path(kp), "Kineto trace") if kp else {"traceEvents": []}))
             raw = pickle.loads(raw_cache[k][0])
             rw = _Rewriter(g, plan, ctx)
             changed = rw.run(raw)

@@ -26,6 +26,7 @@ from recstack.train.recovery import RecoveryEmulator, RecoverySpec
 from recstack.train.rundir import PLOT, SUMMARY, RunDir, plot_learning_curve
 from recstack.train.schedule import lr_at
 from recstack.train.trainer import Trainer, _is_tty, default_eval_every, prefetch, train_batches
+from recstack.ui import console
 
 if TYPE_CHECKING:
     from recstack.sustain.meters import EnergyMeter, EnergyReport
@@ -211,12 +212,11 @@ def fit(trainer: Trainer, store: Store, out: Path | None, options: RunOptions) -
 
     progress = None
     if main and options.progress and _is_tty():
-        from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         progress = Progress(
             TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-            TimeRemainingColumn(), transient=True, console=Console(stderr=True),
+            TimeRemainingColumn(), transient=True, console=console(stderr=True),
         )
         task = progress.add_task("train", total=steps, completed=start, info="")
         progress.start()

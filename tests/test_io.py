@@ -1,0 +1,36 @@
+"""recstack.io.read_json: the one JSON reader (plain or gzip) and its one-line errors."""
+
+from __future__ import annotations
+
+import gzip
+
+import pytest
+
+from recstack.errors import DataError
+from recstack.io import read_json
+
+
+def test_reads_plain_and_gzip(tmp_path):
+    (tmp_path / "a.json").write_text('{"x": [1, 2]}')
+    (tmp_path / "a.json.gz").write_bytes(gzip.compress(b'{"x": [1, 2]}'))
+    assert read_json(tmp_path / "a.json") == {"x": [1, 2]}
+    assert read_json(tmp_path / "a.json.gz") == {"x": [1, 2]}
+
+
+@pytest.mark.parametrize("name,content,needle", [
+    ("bad.json", b'{\n  "x": 1,\n  oops\n}', "bad.json: line 3: invalid JSON"),
+    ("cut.json.gz", gzip.compress(b'{"x": 1}' * 50)[:30], "cut.json.gz: truncated or corrupt gzip"),
+    ("bin.json", bytes(range(128, 256)), "bin.json: cannot read capture settings (binary content, not JSON)"),
+])
+def test_malformed_files_are_one_line_errors(tmp_path, name, content, needle):
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(DataError) as e:
+        read_json(tmp_path / name, "capture settings")
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_missing_file_and_directory(tmp_path):
+    with pytest.raises(DataError, match="nope.json: plan file not found"):
+        read_json(tmp_path / "nope.json", "plan file")
+    with pytest.raises(DataError, match="is a directory, expected a plan file"):
+        read_json(tmp_path, "plan file")
