@@ -24,9 +24,9 @@ import time
 from pathlib import Path
 
 import torch
-from _machine import cpu_facts
 
 from recstack.data.synth import synthesize
+from recstack.machine import cpu_facts
 from recstack.spec import load_config
 from recstack.train.cpr_experiment import run_experiment, summarise
 

@@ -25,9 +25,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _machine import cpu_facts
 
 from recstack.data.criteo import REFERENCE_MB_PER_S, format_criteo_lines, preprocess_criteo
+from recstack.machine import cpu_facts
 
 # Criteo Kaggle cardinalities (REFERENCE.md section 1): the shape of the synthetic id distributions
 KAGGLE_ROWS = [1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593, 3194,

@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import cpu_facts
 
+from recstack.machine import cpu_facts
 from recstack.spec import load_config
 from recstack.trace import CaptureOptions, capture, load_trace
 from recstack.trace.capture import IterationRunner

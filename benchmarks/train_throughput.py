@@ -76,9 +76,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from _machine import cpu_facts
 
 from recstack.data.batch import Batch, SparseBatch
+from recstack.machine import cpu_facts
 from recstack.models import mlp as mlp_module
 from recstack.spec import ModelSpec, TrainSpec
 from recstack.sustain.meters import EnergyMeter, EnergyReport

@@ -21,7 +21,7 @@ from recstack.sustain.meters import (
     detect_hardware,
     estimate_cpu_joules,
     hardware_for_gpu,
-    local_cores,
+    usable_cores,
 )
 
 NO_RAPL = "/nonexistent/powercap"
@@ -114,7 +114,7 @@ def test_estimate_of_a_busy_loop_follows_the_formula(monkeypatch):
     busy(0.3)
     r = m.stop()
     wall, cpu = time.perf_counter() - t0, cpu_seconds() - c0
-    cores = local_cores()
+    cores = usable_cores()
     scale = cores / spec.cores
     tdp, idle = spec.tdp_w * scale, spec.idle_w * scale
     (c,) = r.components
@@ -137,10 +137,10 @@ def test_estimate_counts_waited_for_children():
     assert cpu_s >= 0.25  # the child's busy loop, not only this process's waiting
 
 
-def test_estimate_scales_to_local_cores(monkeypatch):
+def test_estimate_scales_to_usable_cores(monkeypatch):
     from recstack.sustain import meters
 
-    monkeypatch.setattr(meters, "local_cores", lambda: 8)
+    monkeypatch.setattr(meters, "usable_cores", lambda: 8)
     with EnergyMeter("cpu-2core", gpus=False, powercap_root=NO_RAPL) as m:
         pass
     (c,) = m.report.components

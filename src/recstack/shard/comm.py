@@ -193,9 +193,9 @@ def measure_gloo_all_to_all(
 def _curve_key() -> dict[str, Any]:
     import torch
 
-    from recstack.shard.measure import machine_facts
+    from recstack.machine import machine_key
 
-    return {"torch": torch.__version__, "machine": machine_facts(), "world": 2, "backend": "gloo"}
+    return {"torch": torch.__version__, "machine": machine_key(), "world": 2, "backend": "gloo"}
 
 
 def measured_curve(path: str | Path | None = None, *, refresh: bool = False, sizes: Sequence[int] = DEFAULT_SIZES,

@@ -70,7 +70,7 @@ from typing import Any
 import torch
 
 from recstack.errors import ConfigError
-from recstack.machine import cpu_facts
+from recstack.machine import machine_key
 from recstack.shard.comm import CommModel, describe, resolve_comm
 from recstack.shard.indices import generate_indices
 from recstack.spec.sharding import DTYPE_BYTES, ShardingPlan, ShardTable, ShardTask
@@ -500,12 +500,6 @@ class MeasureSettings:
         return self
 
 
-def machine_facts() -> dict[str, Any]:
-    """CPU model and usable cores: part of every cache key (a cost is a property of the machine)."""
-    facts = cpu_facts()
-    return {"cpu": facts["cpu"], "cores": facts["cores"]}
-
-
 def _plan_groups(shards: Sequence[Shard], backend: str, dtype: str) -> dict[tuple[str, int, int], list[Shard]]:
     groups: dict[tuple[str, int, int], list[Shard]] = {}
     for s in sorted(shards, key=lambda s: (s.parts, s.table.name, s.row_offset, s.col_offset)):
@@ -529,7 +523,7 @@ def kernel_key(shards: Sequence[Shard], batch: int, st: MeasureSettings, backend
             "min_sample_ms": st.min_sample_ms, "normalize": st.normalize,
             "baseline_ms": round(baseline, 6) if st.normalize and baseline is not None else None,
             "torch": torch.__version__, "fbgemm": fbgemm_version() if backend == "fbgemm" else None,
-            "machine": machine_facts()}
+            "machine": machine_key()}
 
 
 def key_hash(key: dict[str, Any]) -> str:
@@ -611,7 +605,7 @@ def reference_key(st: MeasureSettings, backend: str) -> dict[str, Any]:
     return {"format": REFERENCE_FORMAT, "tables": [t.model_dump(mode="json") for t in REFERENCE_TABLES],
             "batch": REFERENCE_BATCH, "backend": backend, "threads": st.threads, "clock": st.clock,
             "torch": torch.__version__, "fbgemm": fbgemm_version() if backend == "fbgemm" else None,
-            "machine": machine_facts()}
+            "machine": machine_key()}
 
 
 def reference_baseline(st: MeasureSettings, backend: str, calib_dir: Path | None = None,
@@ -972,7 +966,7 @@ def measure_plans(
             "clock": st.clock, "seeds": list(st.seeds), "batch_size": task.batch_size, "threads": st.threads,
             "interleaved": interleave and measured_here > 0, "max_device_bytes": st.max_device_bytes,
             "torch": torch.__version__, "fbgemm": fbgemm_version() if be == "fbgemm" else None,
-            "machine": machine_facts(), "cache": str(cdir) if cdir is not None else None,
+            "machine": machine_key(), "cache": str(cdir) if cdir is not None else None,
             "measured_devices": measured_here, "cached_devices": sum(1 for d in devices if d.cached),
         }
         out.append(PlanCost(task=task.id, devices=devices, comm=describe(cm), method=method, notes=notes))

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
-from recstack.machine import usable_cores as local_cores  # cores this process may run on
+from recstack.machine import usable_cores  # cores this process may run on
 from recstack.spec import DeviceSpec, load_device
 
 J_PER_KWH = 3.6e6
@@ -374,7 +374,7 @@ class EnergyMeter:
 
     def _estimate(self, wall: float, cpu_s: float) -> ComponentEnergy:
         name, spec = self._cpu
-        cores = local_cores()
+        cores = usable_cores()
         tdp, idle = spec.tdp_w, spec.idle_w
         how = f"device {name} (tdp {tdp:g} W, idle {idle:g} W"
         if name != self.hardware:
