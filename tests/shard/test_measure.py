@@ -23,6 +23,7 @@ from recstack.shard.measure import (
     row_cap_for,
     shard_indices,
 )
+from recstack.shard.plan import device_bytes
 from recstack.spec.sharding import ShardingPlan, ShardTable, ShardTask, TableSharding, TaskSet
 
 FAST = {"reps": 6, "blocks": 3, "warmup": 1, "min_sample_ms": 2.0, "batches": 2}
@@ -66,7 +67,7 @@ def test_device_shards_cover_each_sharding_type():
     by = {t.name: t for t in task.tables}
     # memory: every element stored once, data-parallel replicas on both devices
     assert sum(s.bytes for s in d0 + d1) == sum(t.bytes for t in task.tables) + by["t4"].bytes
-    assert M.memory_per_device(task, plan) == [sum(s.bytes for s in d0), sum(s.bytes for s in d1)]
+    assert device_bytes(plan, task) == [sum(s.bytes for s in d0), sum(s.bytes for s in d1)]
 
 
 def test_explicit_shard_sizes_and_coverage_errors():
@@ -75,8 +76,13 @@ def test_explicit_shard_sizes_and_coverage_errors():
     _, d1 = device_shards(task, ok)
     assert [s.label for s in d1] == ["t1[rows 1000:3500]"]
     bad = _plan(t0=_tw(0), t1=TableSharding(sharding_type="row_wise", ranks=[0, 1], shard_sizes=[[1000, 16], [2000, 16]]))
-    with pytest.raises(ConfigError, match=r"'t1'.*cover 48000 of the table's 56000"):
+    with pytest.raises(ConfigError, match=r"tables.t1: row_wise shards cover 3000 of 3500 rows"):
         device_shards(task, bad)
+    # shards that cover as many elements as the table but overlap (both at row 0) are rejected too
+    overlap = _plan(t0=_tw(0), t1=TableSharding(sharding_type="row_wise", ranks=[0, 1],
+                                                shard_sizes=[[1750, 16], [1750, 16]], shard_offsets=[[0, 0], [0, 0]]))
+    with pytest.raises(ConfigError, match=r"tables.t1: row_wise shard at \[0, 0\] leaves a gap or overlap"):
+        device_shards(task, overlap)
 
 
 def test_row_wise_split_partitions_every_bag():
@@ -121,14 +127,15 @@ def test_plan_cost_is_max_over_devices_with_comm_per_device():
         assert d.comm_fwd_ms == pytest.approx(0.1 + send / 1e9 * 1e3)
         assert d.comm_bwd_ms == pytest.approx(d.comm_fwd_ms)
         assert d.total_ms == pytest.approx(d.fwd_ms + d.bwd_ms + d.comm_fwd_ms + d.comm_bwd_ms)
-        assert d.mem_cap == 1 << 30 and d.mem_bytes > 0
+        assert d.mem_cap == 1 << 30
+    assert [d.mem_bytes for d in pc.devices] == device_bytes(_mixed_plan(), task)
     assert [d.out_cols for d in pc.devices] == [8 + 4 + 16, 16 + 4 + 16]
     assert pc.cost_ms == max(d.total_ms for d in pc.devices)
     assert pc.devices[pc.bottleneck].total_ms == pc.cost_ms
     d = pc.to_dict()
     assert d["cost_ms"] == pc.cost_ms and len(d["devices"]) == 2 and d["comm"]["kind"] == "measured"
     assert {"fwd_ms", "bwd_ms", "comm_ms", "total_ms", "mem_bytes", "mem_cap"} <= set(d["devices"][0])
-    assert d["method"]["backend"] == "fbgemm" and d["method"]["reference"]["baseline_ms"] > 0
+    assert d["method"]["backend"] == M.resolve_backend("auto") and d["method"]["reference"]["baseline_ms"] > 0
     json.dumps(d)
 
 
@@ -290,17 +297,17 @@ def test_measured_gloo_curve_is_fitted_and_cached(tmp_path, monkeypatch):
 
 def test_plan_errors_name_the_table_or_device():
     task = _task(2)
-    with pytest.raises(ConfigError, match=r"plan places table 'zz', which task 7 does not have"):
+    with pytest.raises(ConfigError, match=r"plan for task 7: tables.zz: not a table of task 7"):
         measure_plan(task, _plan(t0=_tw(0), t1=_tw(1), zz=_tw(0)), comm=COMM, **FAST)
-    with pytest.raises(ConfigError, match=r"task 7 table 't1' is not placed by the plan"):
+    with pytest.raises(ConfigError, match=r"tables: task 7's table 't1' is not in the plan"):
         measure_plan(task, _plan(t0=_tw(0)), comm=COMM, **FAST)
-    with pytest.raises(ConfigError, match=r"plan is for 3 devices but task 7 has 2"):
+    with pytest.raises(ConfigError, match=r"devices: plan has 3, task 7 has 2"):
         measure_plan(task, _plan(devices=3, t0=_tw(0), t1=_tw(2)), comm=COMM, **FAST)
     bad_rank = ShardingPlan.model_construct(devices=2, task=7, tables={"t0": _tw(0), "t1": _tw(5)}, meta={})
-    with pytest.raises(ConfigError, match=r"'t1': rank 5 is not a device of task 7"):
+    with pytest.raises(ConfigError, match=r"tables.t1.ranks: rank 5 is not a device of task 7"):
         measure_plan(task, bad_rank, comm=COMM, **FAST)
     small = _task(2, mem=60_000)  # t0 is 3000 x 8 x 4 = 96 kB
-    with pytest.raises(ConfigError, match=r"device 0 holds 96.0 kB .* over the 60.0 kB memory cap of task 7"):
+    with pytest.raises(ConfigError, match=r"device 0 holds 96.0 kB \(1 tables\), over the 60.0 kB cap of task 7"):
         measure_plan(small, _plan(t0=_tw(0), t1=_tw(1)), comm=COMM, **FAST)
     with pytest.raises(ConfigError, match="--reps"):
         measure_plan(task, _plan(t0=_tw(0), t1=_tw(1)), comm=COMM, reps=0)
@@ -351,7 +358,7 @@ def test_cli_errors_exit_2(tmp_path):
     task = _task(2, mem=60_000)
     tasks, pf = _files(tmp_path, task, _plan(t0=_tw(0), t1=_tw(1)).model_dump(mode="json"))
     code, msg = _cli(tasks, "--task", "7", "--plan", pf, "--no-cache", *CLI_FAST)
-    assert code == 2 and "memory cap" in msg
+    assert code == 2 and "over the 60.0 kB cap of task 7" in msg
     plan = _plan(t0=_tw(0), t1=_tw(1)).model_dump(mode="json")
     plan["tables"]["t1"]["ranks"] = [2]
     tasks, pf = _files(tmp_path, _task(2), plan)
@@ -362,3 +369,18 @@ def test_cli_errors_exit_2(tmp_path):
     tasks, pf = _files(tmp_path, _task(2), _plan(t0=_tw(0), t1=_tw(1)).model_dump(mode="json"))
     code, msg = _cli(tasks, "--task", "7", "--plan", pf, "--clock", "wall", "--threads", "0", *CLI_FAST)
     assert code == 2 and "--threads" in msg
+
+
+def test_cli_defaults_match_the_library_defaults():
+    """The CLI modules import torch-heavy code lazily, so their option defaults are literals: keep them equal."""
+    import inspect
+
+    from recstack.shard import cli_measure, cli_pool
+    from recstack.shard.tasks import DEFAULT_TASK_BATCH
+
+    opts = inspect.signature(cli_measure.measure_cmd).parameters
+    assert (opts["reps"].default, opts["warmup"].default, opts["blocks"].default, opts["batches"].default,
+            opts["threads"].default) == (M.DEFAULT_REPS, M.DEFAULT_WARMUP, M.DEFAULT_BLOCKS, M.DEFAULT_BATCHES,
+                                         M.DEFAULT_THREADS)
+    assert opts["max_device_gb"].default * (1 << 30) == M.DEFAULT_MAX_DEVICE_BYTES
+    assert inspect.signature(cli_pool.tasks_cmd).parameters["batch_size"].default == DEFAULT_TASK_BATCH

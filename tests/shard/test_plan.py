@@ -116,6 +116,30 @@ def test_check_plan_against_task():
         check_plan(ok, TASK.model_copy(update={"devices": 3}))
 
 
+def test_implied_shard_sizes_are_filled_the_same_way_everywhere():
+    """Split plans without sizes: TorchRec's row blocks / even column blocks, for checks and memory alike."""
+    from recstack.shard.plan import device_bytes, filled
+
+    t = _t("x", 10, 8)
+    rw = filled(TableSharding(sharding_type="row_wise", ranks=[0, 1, 2]), t)
+    assert rw.shard_sizes == [[4, 8], [4, 8], [2, 8]] and rw.shard_offsets == [[0, 0], [4, 0], [8, 0]]
+    cw = filled(TableSharding(sharding_type="column_wise", ranks=[1, 0]), t)
+    assert cw.shard_sizes == [[10, 4], [10, 4]] and cw.shard_offsets == [[0, 0], [0, 4]]
+    few = filled(TableSharding(sharding_type="row_wise", ranks=[0, 1, 2, 3]), _t("y", 2, 8))  # fewer rows than ranks
+    assert few.shard_sizes == [[1, 8], [1, 8], [0, 8], [0, 8]] and few.shard_offsets == [[0, 0], [1, 0], [2, 0], [2, 0]]
+    stacked = filled(TableSharding(sharding_type="row_wise", ranks=[0, 1], shard_sizes=[[7, 8], [3, 8]]), t)
+    assert stacked.shard_offsets == [[0, 0], [7, 0]]
+    plan = ShardingPlan(devices=2, tables={"a": TableSharding(sharding_type="row_wise", ranks=[0, 1]),
+                                           "b": TableSharding(sharding_type="column_wise", ranks=[0, 1]),
+                                           "c": TableSharding(sharding_type="table_wise", ranks=[0]),
+                                           "d": TableSharding(sharding_type="table_wise", ranks=[1])})
+    check_plan(plan, TASK)
+    assert device_bytes(plan, TASK) == [1600 + 1600 + 3200, 1600 + 1600 + 3200]
+    with pytest.raises(ConfigError, match=r"tables.a: 2 ranks but 1 shard sizes and 1 offsets"):
+        check_plan(plan.model_copy(update={"tables": {**plan.tables, "a": TableSharding.model_construct(
+            sharding_type="row_wise", ranks=[0, 1], shard_sizes=[[100, 8]], shard_offsets=[[0, 0]])}}), TASK)
+
+
 # ---------------------------------------------------------------- TorchRec export / import
 @pytest.fixture(scope="module")
 def tr():

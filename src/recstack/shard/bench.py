@@ -19,21 +19,13 @@ from typing import Any
 
 from recstack.errors import ConfigError, RecstackError
 from recstack.io import atomic_write_json, save_figure
+from recstack.shard.plan import device_bytes
 from recstack.spec.sharding import ShardingPlan, ShardTask, TaskSet
 
 
 def memory_balance(task: ShardTask, plan: ShardingPlan) -> dict[str, float]:
     """Bytes per device under the plan: max over mean (1.0 = even) and the largest share of the cap."""
-    by_name = {t.name: t for t in task.tables}
-    per = [0.0] * plan.devices
-    for name, s in plan.tables.items():
-        t = by_name[name]
-        if s.shard_sizes:
-            for r, (rows, cols) in zip(s.ranks, s.shard_sizes):
-                per[r] += rows * cols * t.bytes / (t.rows * t.dim)
-        else:
-            for r in s.ranks:
-                per[r] += t.bytes / len(s.ranks) if s.sharding_type != "data_parallel" else t.bytes
+    per = device_bytes(plan, task)
     mean = sum(per) / len(per)
     return {"max_over_mean": max(per) / mean if mean > 0 else 1.0, "max_of_cap": max(per) / task.mem_bytes,
             "bytes": per}

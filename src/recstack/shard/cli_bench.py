@@ -23,14 +23,15 @@ def bench_cmd(
     task_ids: Annotated[str | None, _Opt("--task-ids", help="Only these task ids, e.g. 0,1,2 or 0-19.")] = None,
     reference: Annotated[str, _Opt("--reference", help="Planner the others are compared with.")] = "torchrec",
     reps: Annotated[int | None, _Opt("--reps", help="Measurement repetitions (default: measure's own).")] = None,
-    cache: Annotated[Path | None, _Opt("--cache", help="Measured-cost cache directory.")] = None,
+    cache: Annotated[Path | None, _Opt("--cache", help="Measured-cost cache directory (default: TASKS.costcache/ next to "
+                                                       "TASKS, as `shard measure`).")] = None,
     comm: Annotated[str, _Opt("--comm", help="all-to-all cost: auto, measured (gloo curve) or model.")] = "auto",
     seed: Annotated[int, _Opt("--seed", help="Seed for the planners that draw.")] = 0,
 ) -> None:
     """Plan every task with every planner, measure each plan, and compare (table, JSON, plot)."""
     from recstack.errors import ConfigError
     from recstack.shard.bench import run_bench, summarise, write_results
-    from recstack.shard.measure import measure_plans
+    from recstack.shard.measure import default_cache_dir, measure_plans
     from recstack.shard.tasks import load_tasks
 
     ts = load_tasks(tasks_file)
@@ -48,7 +49,7 @@ def bench_cmd(
                 ids += list(range(int(a), int(b) + 1)) if b else [int(a)]
             except ValueError:
                 raise ConfigError(f"--task-ids: cannot read {part!r} (write e.g. 0,3,5-9)") from None
-    cache_dir = cache if cache is not None else tasks_file.with_suffix(".costcache")
+    cache_dir = cache if cache is not None else default_cache_dir(tasks_file)
     kw: dict = {"cache": cache_dir, "comm": comm}
     if reps is not None:  # fewer repetitions: as many blocks as repetitions at most
         from recstack.shard.measure import DEFAULT_BLOCKS

@@ -107,14 +107,14 @@ def measure_cmd(
     """Measure a plan: each device's fused embedding operator (forward + backward) plus its all-to-all costs."""
     from recstack.errors import ConfigError
     from recstack.io import atomic_write_json
-    from recstack.shard.measure import measure_plan
+    from recstack.shard.measure import default_cache_dir, measure_plan
     from recstack.shard.plan import load_plan, load_task
 
     if max_device_gb <= 0:
         raise ConfigError(f"--max-device-gb must be > 0, got {max_device_gb}")
     t = load_task(tasks, task)
     p = load_plan(plan)
-    cache_dir = cache if cache is not None else tasks.with_name(tasks.name + ".costcache")
+    cache_dir = cache if cache is not None else default_cache_dir(tasks)
     cdir = None if no_cache else cache_dir
     err = ui_console(stderr=True)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn

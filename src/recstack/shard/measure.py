@@ -73,6 +73,7 @@ from recstack.errors import ConfigError
 from recstack.machine import machine_key
 from recstack.shard.comm import CommModel, describe, resolve_comm
 from recstack.shard.indices import generate_indices
+from recstack.shard.plan import check_plan, device_bytes, even_split, filled, fmt_bytes
 from recstack.spec.sharding import DTYPE_BYTES, ShardingPlan, ShardTable, ShardTask
 
 DEFAULT_REPS = 24
@@ -137,75 +138,23 @@ class Shard:
                 "part": [self.part, self.parts]}
 
 
-def _even(total: int, n: int, block: int = 1) -> list[int]:
-    """`total` split into n parts as evenly as possible, in multiples of `block` where it can."""
-    if total % block or total // block < n:
-        block = 1
-    units, extra = divmod(total // block, n)
-    return [(units + (1 if i < extra else 0)) * block for i in range(n)]
-
-
 def device_shards(task: ShardTask, plan: ShardingPlan) -> list[list[Shard]]:
-    """Each device's shards (in plan order), checked against the task. Raises ConfigError naming
-    the table for: a table the task lacks or the plan leaves out, a rank outside the task's
-    devices, shards outside their table or not covering it."""
+    """Each device's shards (in plan order). The plan must pass `check_plan` against the task (same
+    tables, shards tiling each table, memory within the cap): ConfigError naming the table or device."""
+    check_plan(plan, task, f"plan for task {task.id}")
     tables = {t.name: t for t in task.tables}
-    if plan.devices != task.devices:
-        raise ConfigError(f"plan is for {plan.devices} devices but task {task.id} has {task.devices}")
-    unknown = [n for n in plan.tables if n not in tables]
-    if unknown:
-        raise ConfigError(f"plan places table {unknown[0]!r}, which task {task.id} does not have"
-                          + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""))
-    missing = [n for n in tables if n not in plan.tables]
-    if missing:
-        raise ConfigError(f"task {task.id} table {missing[0]!r} is not placed by the plan"
-                          + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
     out: list[list[Shard]] = [[] for _ in range(task.devices)]
     for name, ts in plan.tables.items():
         t = tables[name]
-        bad = [r for r in ts.ranks if r >= task.devices]
-        if bad:
-            raise ConfigError(f"plan table {name!r}: rank {bad[0]} is not a device of task {task.id} "
-                              f"(ranks 0..{task.devices - 1})")
-        n = len(ts.ranks)
-        kind = ts.sharding_type
+        ts = filled(ts, t)
+        kind, n = ts.sharding_type, len(ts.ranks)
         if kind == "data_parallel":
             for k, r in enumerate(ts.ranks):
                 out[r].append(Shard(t, kind, 0, t.rows, 0, t.dim, k, n))
             continue
-        if ts.shard_sizes:
-            sizes = [list(s) for s in ts.shard_sizes]
-            if any(len(s) != 2 or s[0] < 0 or s[1] < 0 for s in sizes):
-                raise ConfigError(f"plan table {name!r}: shard_sizes must be [rows, cols] pairs >= 0")
-            if ts.shard_offsets:
-                offs = [list(o) for o in ts.shard_offsets]
-            else:  # stacked along the split axis
-                col = kind == "column_wise"
-                offs, acc = [], 0
-                for s in sizes:
-                    offs.append([0, acc] if col else [acc, 0])
-                    acc += s[1] if col else s[0]
-        elif kind in ("table_wise",):
-            sizes, offs = [[t.rows, t.dim]], [[0, 0]]
-        elif kind == "column_wise":
-            widths = _even(t.dim, n, 4)
-            sizes = [[t.rows, w] for w in widths]
-            offs = [[0, sum(widths[:i])] for i in range(n)]
-        else:  # row_wise / table_row_wise: TorchRec's blocks of ceil(rows / n) rows
-            blk = -(-t.rows // n)
-            sizes = [[max(0, min(blk, t.rows - i * blk)), t.dim] for i in range(n)]
-            offs = [[i * blk, 0] for i in range(n)]
-        covered = 0
-        for r, (nr, nc), (ro, co) in zip(ts.ranks, sizes, offs):
-            if ro < 0 or co < 0 or ro + nr > t.rows or co + nc > t.dim:
-                raise ConfigError(f"plan table {name!r}: shard [{nr}, {nc}] at [{ro}, {co}] lies outside "
-                                  f"the table's [{t.rows}, {t.dim}]")
-            covered += nr * nc
+        for r, (nr, nc), (ro, co) in zip(ts.ranks, ts.shard_sizes or [], ts.shard_offsets or []):
             if nr > 0 and nc > 0:
                 out[r].append(Shard(t, kind, ro, nr, co, nc))
-        if covered != t.rows * t.dim:
-            raise ConfigError(f"plan table {name!r}: its shards cover {covered} of the table's "
-                              f"{t.rows * t.dim} elements")
     return out
 
 
@@ -321,13 +270,12 @@ class _Group:
     def __init__(self, shards: list[Shard], backend: str, precision: str, batch: int, seeds: Sequence[int],
                  row_cap: int | None, icache: _IndexCache, grad_seed: int) -> None:
         self.shards, self.backend, self.precision = shards, backend, precision
-        full = batch
         rows = [min(s.rows, row_cap) if row_cap is not None else s.rows for s in shards]
         self.cols = [s.cols for s in shards]
         self.padded = [-(-c // 4) * 4 for c in self.cols] if backend == "fbgemm" else list(self.cols)
         self.batches = []
         for seed in seeds:
-            parts = [shard_indices(s, full, seed, row_cap, icache) for s in shards]
+            parts = [shard_indices(s, batch, seed, row_cap, icache) for s in shards]
             lengths = torch.cat([p[1] for p in parts])
             self.local_batch = parts[0][1].numel()
             offsets = torch.zeros(lengths.numel() + 1, dtype=torch.long)
@@ -655,7 +603,7 @@ def _measure_devices(devs: list[tuple[Sequence[Shard], int]], st: MeasureSetting
     then every block (and every reference sample) starts with one untimed step."""
     icache = _IndexCache()
     out: list[KernelCost] = []
-    sizes = _even(st.reps, st.blocks)
+    sizes = even_split(st.reps, st.blocks)
     # one untimed step before every block whose caches something else used since (another
     # device, the reference), so that interleaved and one-after-another runs time the same thing
     rewarm = 1 if (interleave and len(devs) > 1) or baseline is not None else 0
@@ -823,15 +771,11 @@ def _statistic(st: MeasureSettings) -> str:
     return f"min over {st.blocks} blocks of the block median of {st.reps} repetitions ({rep})"
 
 
-def memory_per_device(task: ShardTask, plan: ShardingPlan) -> list[int]:
-    """Bytes of table storage (in each table's dtype) on each device."""
-    return [sum(s.bytes for s in dev) for dev in device_shards(task, plan)]
-
-
-def _gb(n: float) -> str:
-    from recstack.shard.plan import fmt_bytes
-
-    return fmt_bytes(n)
+def default_cache_dir(tasks_file: str | Path) -> Path:
+    """The cost cache next to a tasks file (TASKS.costcache/): one per tasks file, shared by
+    `shard measure` and `shard bench`, so their normalised costs compare (same baseline)."""
+    p = Path(tasks_file)
+    return p.with_name(p.name + ".costcache")
 
 
 def measure_plan(task: ShardTask, plan: ShardingPlan, **kwargs: Any) -> PlanCost:
@@ -847,12 +791,12 @@ def measure_plans(
     warmup: int = DEFAULT_WARMUP, blocks: int = DEFAULT_BLOCKS, batches: int = DEFAULT_BATCHES, seed: int = 0,
     threads: int = DEFAULT_THREADS, dtype: str = "table", max_device_bytes: int = DEFAULT_MAX_DEVICE_BYTES,
     cache: str | Path | None = None, comm: str | CommModel = "auto", topology: Any = "cpu-2core",
-    check_memory: bool = True, interleave_bytes: int | None = None, clock: str = "cpu",
+    clock: str = "cpu",
     min_sample_ms: float = DEFAULT_MIN_SAMPLE_MS, normalize: bool = True, calibration: str | Path | None = None,
     recalibrate: bool = False, progress: ProgressFn | None = None,
 ) -> list[PlanCost]:
     """Measured costs of several (task, plan) pairs, their uncached device operators timed together:
-    interleaved block by block when they fit in `interleave_bytes` (default `max_device_bytes`)
+    interleaved block by block when they fit in `max_device_bytes`
     at once, so plans compared with each other are measured under the same machine conditions.
 
     `cache`: directory of measured kernel costs; None measures afresh (and every device of every
@@ -865,18 +809,7 @@ def measure_plans(
     Raises ConfigError for a plan that does not fit its task (names the table or device)."""
     if batches < 1:
         raise ConfigError(f"--batches must be >= 1, got {batches}")
-    prepared = []
-    for task, plan in items:
-        shards = device_shards(task, plan)
-        mem = [sum(s.bytes for s in dev) for dev in shards]
-        if check_memory:
-            over = [r for r, m in enumerate(mem) if m > task.mem_bytes]
-            if over:
-                r = over[0]
-                raise ConfigError(f"device {r} holds {_gb(mem[r])} of tables ({len(shards[r])} shards), over the "
-                                  f"{_gb(task.mem_bytes)} memory cap of task {task.id}"
-                                  + (f" ({len(over) - 1} more devices over)" if len(over) > 1 else ""))
-        prepared.append((task, plan, shards, mem))
+    prepared = [(task, plan, device_shards(task, plan), device_bytes(plan, task)) for task, plan in items]
     be = resolve_backend(backend)
     st = MeasureSettings(be, reps, warmup, blocks, tuple(range(seed, seed + batches)), threads, dtype,
                          max_device_bytes, clock, min_sample_ms, normalize).check()
@@ -915,8 +848,7 @@ def measure_plans(
         cap = row_cap_for(dev, st.max_device_bytes, eb)
         return sum((min(s.rows, cap) if cap else s.rows) * s.cols * eb(s) for s in dev)
 
-    budget = interleave_bytes if interleave_bytes is not None else st.max_device_bytes
-    interleave = bool(todo) and sum(measured_bytes(prepared[i][2][r]) for i, r in todo) <= budget
+    interleave = bool(todo) and sum(measured_bytes(prepared[i][2][r]) for i, r in todo) <= st.max_device_bytes
     if todo:
         fresh = _measure_devices([(prepared[i][2][r], prepared[i][0].batch_size) for i, r in todo], st, be,
                                  interleave, progress, baseline=base)
@@ -937,7 +869,7 @@ def measure_plans(
             cap = row_cap_for(dev, st.max_device_bytes, eb) if dev else None
             if cap is not None:
                 capped = [s.label for s in dev if s.rows > cap]
-                notes.append(f"device {r}: its {_gb(mem[r])} of tables exceed the {_gb(st.max_device_bytes)} "
+                notes.append(f"device {r}: its {fmt_bytes(mem[r])} of tables exceed the {fmt_bytes(st.max_device_bytes)} "
                              f"measured per device, so rows were capped at {cap} for {', '.join(capped)} "
                              f"(indices folded modulo the cap; lookup cost depends mostly on the rows accessed)")
             pooled = [s for s in dev if s.parts == 1]
@@ -973,6 +905,6 @@ def measure_plans(
     return out
 
 
-__all__ = ["DeviceCost", "KernelCost", "PlanCost", "Shard", "device_shards", "measure_plan", "measure_plans",
-           "measure_shard", "memory_per_device", "min_of_medians", "reference_baseline", "row_cap_for",
+__all__ = ["DeviceCost", "KernelCost", "PlanCost", "Shard", "default_cache_dir", "device_shards", "measure_plan", "measure_plans",
+           "measure_shard", "min_of_medians", "reference_baseline", "row_cap_for",
            "shard_indices"]

@@ -11,7 +11,9 @@ shards, and each shard's [rows, cols] size and [row, col] offset into the table:
 
 `check_plan` verifies a plan against its task: the same tables, shards that tile each table
 exactly, and every device's bytes within the task's memory cap. A data-parallel table is a full
-replica on every rank (its shard_sizes list the replicas).
+replica on every rank (its shard_sizes list the replicas). Sizes and offsets may be left out
+where they are implied (`filled`: whole tables, even column blocks, TorchRec's row blocks); every
+consumer of a plan (checks, memory, measurement) reads it through `filled`.
 """
 
 from __future__ import annotations
@@ -91,29 +93,52 @@ def table_wise_plan(task: ShardTask, ranks: Sequence[int], planner: str, meta: d
                         meta=dict(meta or {}))
 
 
-def filled(sh: TableSharding, table: ShardTable, devices: int) -> TableSharding:
-    """`sh` with shard sizes and offsets filled in where the plan left them out and they are implied
-    (table-wise: the whole table; data-parallel: one full replica per rank)."""
+def even_split(total: int, n: int, block: int = 1) -> list[int]:
+    """`total` split into n parts as evenly as possible, in multiples of `block` where it can."""
+    if total % block or total // block < n:
+        block = 1
+    units, extra = divmod(total // block, n)
+    return [(units + (1 if i < extra else 0)) * block for i in range(n)]
+
+
+def filled(sh: TableSharding, table: ShardTable) -> TableSharding:
+    """`sh` with shard sizes and offsets filled in where the plan left them out: table-wise the
+    whole table; data-parallel one full replica per rank; column-wise even column blocks
+    (multiples of 4 where possible); row-wise and table-row-wise TorchRec's blocks of
+    ceil(rows / n) rows; offsets of given sizes stacked along the split axis."""
+    st, n = sh.sharding_type, len(sh.ranks)
+    whole = st in ("table_wise", "data_parallel")
     if sh.shard_sizes:
-        if not sh.shard_offsets and sh.sharding_type in ("table_wise", "data_parallel"):
-            return sh.model_copy(update={"shard_offsets": [[0, 0] for _ in sh.shard_sizes]})
-        return sh
-    if sh.sharding_type in ("table_wise", "data_parallel"):
-        n = len(sh.ranks)
-        return sh.model_copy(update={"shard_sizes": [[table.rows, table.dim] for _ in range(n)],
-                                     "shard_offsets": [[0, 0] for _ in range(n)]})
-    return sh
+        if sh.shard_offsets:
+            return sh
+        if whole:
+            offs = [[0, 0] for _ in sh.shard_sizes]
+        else:
+            col, acc, offs = st == "column_wise", 0, []
+            for size in sh.shard_sizes:
+                offs.append([0, acc] if col else [acc, 0])
+                acc += size[1 if col else 0] if len(size) == 2 else 0
+        return sh.model_copy(update={"shard_offsets": offs})
+    if whole:
+        sizes, offs = [[table.rows, table.dim] for _ in range(n)], [[0, 0] for _ in range(n)]
+    elif st == "column_wise":
+        widths = even_split(table.dim, n, 4)
+        sizes, offs = [[table.rows, w] for w in widths], [[0, sum(widths[:i])] for i in range(n)]
+    else:  # row_wise / table_row_wise
+        blk = -(-table.rows // n)
+        sizes = [[max(0, min(blk, table.rows - i * blk)), table.dim] for i in range(n)]
+        offs = [[min(i * blk, table.rows), 0] for i in range(n)]
+    return sh.model_copy(update={"shard_sizes": sizes, "shard_offsets": offs})
 
 
 # ---------------------------------------------------------------- checks
 def _check_geometry(name: str, sh: TableSharding, table: ShardTable, where: str) -> None:
     full = [table.rows, table.dim]
     st = sh.sharding_type
-    sizes, offs = sh.shard_sizes, sh.shard_offsets
-    if not sizes:
-        raise ConfigError(f"{where}: tables.{name}.shard_sizes: missing (needed for {st})")
-    if not offs:
-        raise ConfigError(f"{where}: tables.{name}.shard_offsets: missing (needed for {st})")
+    sizes, offs = sh.shard_sizes, sh.shard_offsets  # filled: both present
+    if len(sizes) != len(sh.ranks) or len(offs) != len(sh.ranks):
+        raise ConfigError(f"{where}: tables.{name}: {len(sh.ranks)} ranks but {len(sizes)} shard sizes and "
+                          f"{len(offs)} offsets")
     for s, o in zip(sizes, offs):
         if len(s) != 2 or len(o) != 2 or min(s) < 0 or min(o) < 0:
             raise ConfigError(f"{where}: tables.{name}: shard size {s} / offset {o} must be [rows, cols] >= 0")
@@ -147,7 +172,7 @@ def device_bytes(plan: ShardingPlan, task: ShardTask) -> list[int]:
     out = [0] * plan.devices
     for name, sh in plan.tables.items():
         t = by_name[name]
-        sh = filled(sh, t, plan.devices)
+        sh = filled(sh, t)
         for r, s in zip(sh.ranks, sh.shard_sizes):
             out[r] += s[0] * s[1] * DTYPE_BYTES[t.dtype]
     return out
@@ -168,7 +193,11 @@ def check_plan(plan: ShardingPlan, task: ShardTask, where: str = "plan") -> None
         raise ConfigError(f"{where}: tables.{extra[0]}: not a table of {task_label(task)}")
     by_name = {t.name: t for t in task.tables}
     for name, sh in plan.tables.items():
-        _check_geometry(name, filled(sh, by_name[name], plan.devices), by_name[name], where)
+        bad = [r for r in sh.ranks if not 0 <= r < task.devices]
+        if bad:
+            raise ConfigError(f"{where}: tables.{name}.ranks: rank {bad[0]} is not a device of {task_label(task)} "
+                              f"(0..{task.devices - 1})")
+        _check_geometry(name, filled(sh, by_name[name]), by_name[name], where)
     used = device_bytes(plan, task)
     for r, b in enumerate(used):
         if b > task.mem_bytes:
@@ -209,7 +238,7 @@ def device_summary(plan: ShardingPlan, task: ShardTask) -> list[dict]:
     used = device_bytes(plan, task)
     for name, sh in plan.tables.items():
         t = by_name[name]
-        sh = filled(sh, t, plan.devices)
+        sh = filled(sh, t)
         for r, s in zip(sh.ranks, sh.shard_sizes):
             frac = 1.0 / plan.devices if sh.sharding_type == "data_parallel" else s[0] * s[1] / (t.rows * t.dim)
             rows[r]["tables"].append(name)

@@ -33,7 +33,6 @@ from recstack.spec.sharding import DTYPE_BYTES, ShardTable, ShardTask, TablePool
 
 DEFAULT_TASK_BATCH = 4096
 DEFAULT_DIMS = (16,)
-NEUROSHARD_DIMS = (4, 8, 16, 32, 64, 128)
 GIB = 1 << 30
 MAX_DRAWS = 200
 

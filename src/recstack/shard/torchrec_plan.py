@@ -182,7 +182,7 @@ def to_torchrec(plan: ShardingPlan, task: ShardTask | None = None, module_path: 
     out = {}
     for name, sh in plan.tables.items():
         if name in by_name:
-            sh = filled(sh, by_name[name], plan.devices)
+            sh = filled(sh, by_name[name])
         if sh.sharding_type == "data_parallel":
             out[name] = ParameterSharding(sharding_type="data_parallel", compute_kernel="dense",
                                           ranks=list(sh.ranks), sharding_spec=None)
