@@ -34,3 +34,19 @@ def test_missing_file_and_directory(tmp_path):
         read_json(tmp_path / "nope.json", "plan file")
     with pytest.raises(DataError, match="is a directory, expected a plan file"):
         read_json(tmp_path, "plan file")
+
+
+def test_keyed_cache_records(tmp_path):
+    from recstack.io import read_keyed, write_keyed
+
+    f = tmp_path / "c" / "rec.json"
+    key = {"machine": {"cpu": "x", "cores": 2}, "torch": "2.13.0"}
+    assert read_keyed(f, key) is None  # missing
+    write_keyed(f, key, baseline_ms=1.5)
+    rec = read_keyed(f, key)
+    assert rec["baseline_ms"] == 1.5 and rec["key"] == key and len(rec["measured_at"]) == 19
+    assert read_keyed(f, {**key, "torch": "2.14.0"}) is None  # measured under another key: stale
+    f.write_text('{"key": ')  # damaged: re-measure, not an error
+    assert read_keyed(f, key) is None
+    f.write_text("[1, 2]")
+    assert read_keyed(f, key) is None

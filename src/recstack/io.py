@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -155,3 +156,18 @@ def read_json(path: str | Path, what: str = "JSON file") -> Any:
         raise DataError(f"{path}: cannot read {what} (binary content, not JSON)") from None
     except json.JSONDecodeError as e:
         raise DataError(f"{path}: line {e.lineno}: invalid JSON ({e.msg})") from None
+
+
+def read_keyed(path: str | Path, key: Any) -> dict[str, Any] | None:
+    """A measurement cache record written by `write_keyed`, or None when the file is missing,
+    unreadable or was measured under another key (a stale cache is re-measured, never an error)."""
+    try:
+        d = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return d if isinstance(d, dict) and d.get("key") == key else None
+
+
+def write_keyed(path: str | Path, key: Any, **record: Any) -> None:
+    """Write a measurement cache record {key, **record, measured_at} atomically."""
+    atomic_write_json(path, {"key": key, **record, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")})

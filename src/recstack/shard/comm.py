@@ -32,6 +32,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from recstack.errors import ConfigError
+from recstack.io import read_keyed, write_keyed
 
 # Per-step latency assumed when a Topology (which has bandwidths only) models the collective.
 MODEL_LATENCY_S = {"cpu": 50e-6, "gpu": 20e-6}
@@ -207,25 +208,20 @@ def measured_curve(path: str | Path | None = None, *, refresh: bool = False, siz
     memo_key = json.dumps(key, sort_keys=True) + str(path)
     if not refresh and memo_key in _memo:
         return _memo[memo_key]
-    if path is not None and not refresh and Path(path).is_file():
+    d = read_keyed(path, key) if path is not None and not refresh else None
+    if d is not None and d.get("format") == CURVE_FORMAT:
         try:
-            d = json.loads(Path(path).read_text())
-            if d.get("format") == CURVE_FORMAT and d.get("key") == key:
-                curve = AlphaBeta.from_dict(d["curve"])
-                _memo[memo_key] = curve
-                return curve
-        except (OSError, ValueError, KeyError, TypeError):
-            pass  # unreadable or stale: measure again
+            _memo[memo_key] = AlphaBeta.from_dict(d["curve"])
+            return _memo[memo_key]
+        except (ValueError, KeyError, TypeError, AttributeError):
+            pass  # a damaged record: measure again
     points = measure_gloo_all_to_all(sizes, reps=reps)
     alpha, bw = fit_alpha_beta([p[0] for p in points], [p[1] for p in points])
     curve = AlphaBeta(alpha_ms=alpha, bandwidth=bw, kind="measured", points=points,
                       source=f"gloo all_to_all_single, 2 local processes, {len(points)} sizes "
                              f"{_fmt_bytes(points[0][0])}..{_fmt_bytes(points[-1][0])} per rank, median of {reps}")
     if path is not None:
-        from recstack.io import atomic_write_json
-
-        atomic_write_json(path, {"format": CURVE_FORMAT, "key": key, "curve": curve.to_dict(),
-                                 "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "host": platform.node()})
+        write_keyed(path, key, format=CURVE_FORMAT, curve=curve.to_dict(), host=platform.node())
     _memo[memo_key] = curve
     return curve
 

@@ -70,6 +70,7 @@ from typing import Any
 import torch
 
 from recstack.errors import ConfigError
+from recstack.io import read_keyed, write_keyed
 from recstack.machine import machine_key
 from recstack.shard.comm import CommModel, describe, resolve_comm
 from recstack.shard.indices import generate_indices
@@ -483,15 +484,13 @@ def _cache_file(cache: Path, key: dict[str, Any]) -> Path:
 
 
 def _cache_read(cache: Path | None, key: dict[str, Any]) -> KernelCost | None:
-    if cache is None:
+    d = read_keyed(_cache_file(cache, key), key) if cache is not None else None
+    if d is None:
         return None
+    names = {f.name for f in fields(KernelCost)}
     try:
-        d = json.loads(_cache_file(cache, key).read_text())
-        if d.get("key") != key:
-            return None
-        names = {f.name for f in fields(KernelCost)}
         kc = KernelCost(**{k: v for k, v in d["cost"].items() if k in names})
-    except (OSError, ValueError, KeyError, TypeError):
+    except (KeyError, TypeError, AttributeError):
         return None
     kc.cached = True
     return kc
@@ -500,13 +499,10 @@ def _cache_read(cache: Path | None, key: dict[str, Any]) -> KernelCost | None:
 def _cache_write(cache: Path | None, key: dict[str, Any], kc: KernelCost) -> None:
     if cache is None:
         return
-    from recstack.io import atomic_write_json
-
     cost = asdict(kc)
     cost.pop("cached")
     try:
-        atomic_write_json(_cache_file(cache, key), {"key": key, "cost": cost,
-                                                    "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        write_keyed(_cache_file(cache, key), key, cost=cost)
     except OSError as e:
         raise ConfigError(f"cost cache {cache}: cannot write ({e.strerror}); use another --cache or --no-cache") from None
 
@@ -568,14 +564,10 @@ def reference_baseline(st: MeasureSettings, backend: str, calib_dir: Path | None
     if not refresh and memo in _baselines:
         return _baselines[memo]
     f = calib_dir / "reference-speed.json" if calib_dir is not None else None
-    if f is not None and not refresh:
-        try:
-            d = json.loads(f.read_text())
-            if d.get("key") == key and float(d["baseline_ms"]) > 0:
-                _baselines[memo] = float(d["baseline_ms"])
-                return _baselines[memo]
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
+    d = read_keyed(f, key) if f is not None and not refresh else None
+    if d is not None and isinstance(d.get("baseline_ms"), (int, float)) and d["baseline_ms"] > 0:
+        _baselines[memo] = float(d["baseline_ms"])
+        return _baselines[memo]
     old = torch.get_num_threads()
     torch.set_num_threads(st.threads)
     try:
@@ -585,10 +577,7 @@ def reference_baseline(st: MeasureSettings, backend: str, calib_dir: Path | None
         torch.set_num_threads(old)
     base = min_of_medians(samples, 12)
     if f is not None:
-        from recstack.io import atomic_write_json
-
-        atomic_write_json(f, {"key": key, "baseline_ms": base, "samples": [round(x, 4) for x in samples],
-                              "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        write_keyed(f, key, baseline_ms=base, samples=[round(x, 4) for x in samples])
     _baselines[memo] = base
     return base
 
