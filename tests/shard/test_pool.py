@@ -15,7 +15,6 @@ from recstack.shard.indices import bag_sizes, generate_indices
 from recstack.shard.pool import (
     _HI,
     _LO,
-    PUBLISHED,
     TOLERANCE,
     TOLERANCE_SMALL,
     _draw_candidates,
@@ -139,14 +138,16 @@ def test_default_pool_meets_the_published_2021_statistics():
     ach, tgt, err = cal["achieved"], cal["target"], cal["error"]
     assert tgt["mean_pooling"] == pytest.approx(15.812, abs=1e-3)
     assert tgt["accesses_per_unique"] == pytest.approx(6.906, abs=1e-3)
-    assert tgt["reuse_bins"] == PUBLISHED["reuse_bins"]
+    # the published 2021 reuse bins (dlrm_datasets locality_stats_2021.txt), written out, not read from the module
+    assert tgt["reuse_bins"] == [0.069, 0.044, 0.068, 0.101, 0.121, 0.104, 0.073, 0.058, 0.052, 0.050, 0.049,
+                                 0.048, 0.048, 0.043, 0.031, 0.023, 0.019]
     assert cal["tolerance"] == TOLERANCE
     assert np.abs(np.subtract(ach["reuse_bins"], tgt["reuse_bins"])).max() <= TOLERANCE["reuse_bin_abs"]
     assert np.abs(np.subtract(ach["unique_row_bins"], tgt["unique_row_bins"])).max() <= TOLERANCE["unique_row_bin_abs"]
     assert ach["accesses_per_unique"] == pytest.approx(tgt["accesses_per_unique"],
                                                        rel=TOLERANCE["accesses_per_unique_rel"])
     assert ach["mean_pooling"] == pytest.approx(tgt["mean_pooling"], rel=TOLERANCE["mean_pooling_rel"])
-    assert err["max_abs_reuse_bin"] == pytest.approx(np.abs(err["reuse_bins"]).max())
+    assert err["max_abs_reuse_bin"] == pytest.approx(np.abs(np.subtract(ach["reuse_bins"], tgt["reuse_bins"])).max())
     # the per-table numbers reproduce the saved aggregate
     look = np.array([65536 * expected_bag_moments(t.pooling, t.pooling_cv)[0][0] for t in pool.tables])
     agg = (look[:, None] * np.array([t.reuse for t in pool.tables])).sum(0) / look.sum()

@@ -83,11 +83,12 @@ def reuse_bin_index(counts: np.ndarray) -> np.ndarray:
 def reuse_histograms(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(reuse_bins, unique_row_bins) of one batch of one table's row ids (each sums to 1)."""
     _, cnt = np.unique(np.asarray(ids).ravel(), return_counts=True)
-    acc, uniq = _bin_sums(cnt)
+    acc, uniq = reuse_bin_sums(cnt)
     return acc / max(acc.sum(), 1), uniq / max(uniq.sum(), 1)
 
 
-def _bin_sums(cnt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def reuse_bin_sums(cnt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(accesses, unique rows) per reuse bin, unnormalised, from each touched row's access count."""
     b = reuse_bin_index(cnt)
     return (np.bincount(b, weights=cnt, minlength=NUM_BINS).astype(np.float64),
             np.bincount(b, minlength=NUM_BINS).astype(np.float64))
@@ -150,7 +151,7 @@ class _TableAcc:
         self.pool_hist = np.zeros(1, np.int64)
 
     def add(self, rows_u: np.ndarray, cnt: np.ndarray, bag_sizes: np.ndarray) -> None:
-        a, u = _bin_sums(cnt)
+        a, u = reuse_bin_sums(cnt)
         self.acc += a
         self.uniq += u
         self.accesses += int(cnt.sum())
@@ -219,7 +220,7 @@ def table_stats(
         for j in range(t):
             s, e = bounds[j], bounds[j + 1]
             accs[j].add(uk[s:e] & ((1 << 31) - 1), cnt[s:e], lengths[:, j])
-        a_, u_ = _bin_sums(cnt)
+        a_, u_ = reuse_bin_sums(cnt)
         agg_acc += a_
         agg_uniq += u_
         agg_unique += int(cnt.size)

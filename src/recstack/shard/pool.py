@@ -635,7 +635,7 @@ def sampled_check(tables: list[ShardTable], batch_size: int, seed: int, max_tabl
     with `generate_indices` at `batch_size` and compare the subset's measured aggregate reuse with
     the analytic one at the lookups each table actually drew (the bag-size draw moves a table's
     lookups by about 1/sqrt(batch); near-uniform tables' histograms are sensitive to that)."""
-    from recstack.data.stats import reuse_bin_index
+    from recstack.data.stats import reuse_bin_sums
     from recstack.shard.indices import generate_indices
 
     t0 = time.perf_counter()
@@ -658,10 +658,9 @@ def sampled_check(tables: list[ShardTable], batch_size: int, seed: int, max_tabl
         ids = generate_indices(tables[i], batch_size, seed)[0].numpy()
         drawn[k] = ids.size
         if ids.size:
-            _, cnt = np.unique(ids, return_counts=True)
-            b = reuse_bin_index(cnt)
-            acc_s += np.bincount(b, weights=cnt, minlength=NUM_BINS)
-            urow_s += np.bincount(b, minlength=NUM_BINS)
+            a, u = reuse_bin_sums(np.unique(ids, return_counts=True)[1])
+            acc_s += a
+            urow_s += u
     sub = [tables[i] for i in chosen]
     ex = expected_reuse([t.rows for t in sub], drawn, [t.zipf for t in sub])
     acc_a = (drawn[:, None] * ex["reuse_bins"]).sum(0) / max(drawn.sum(), 1.0)
@@ -868,7 +867,7 @@ def pool_from_indices(path: str | Path, *, dim: int | None = None, config: str |
     `rank<R>.indices.npz`: indices, offsets [T*B+1], num_tables, batch_size; table-major).
     Rows: from `config` (the model config the capture ran, at its `scale`) when given, else the
     largest index + 1 (a lower bound, as DreamShard takes it). Dims: `config`, else `dim`."""
-    from recstack.data.stats import reuse_histograms
+    from recstack.data.stats import reuse_bin_sums
 
     p = Path(path)
     try:
@@ -913,9 +912,10 @@ def pool_from_indices(path: str | Path, *, dim: int | None = None, config: str |
         rows.append(r)
         look.append(float(ids.size))
         if ids.size:
-            rb, _ = reuse_histograms(ids)
-            bins.append(rb)
-            apu.append(ids.size / np.unique(ids).size)
+            cnt = np.unique(ids, return_counts=True)[1]  # one sort per table: bins and accesses per row
+            acc, _ = reuse_bin_sums(cnt)
+            bins.append(acc / acc.sum())
+            apu.append(ids.size / cnt.size)
         else:
             bins.append(np.zeros(NUM_BINS))
             apu.append(0.0)

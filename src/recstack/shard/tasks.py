@@ -67,11 +67,12 @@ def split_tables(pool: TablePool, split: str, split_seed: int | None = None) -> 
 
 def task_reuse(tables: list[ShardTable], batch_size: int) -> list[list[float]]:
     """Expected reuse bins of each table at `batch_size` (rows, mean bag size, zipf)."""
-    from recstack.shard.pool import _r6, expected_bag_moments, expected_reuse
+    from recstack.data.stats import NUM_BINS
+    from recstack.shard.pool import expected_bag_moments, expected_reuse
 
     bm, _ = expected_bag_moments([t.pooling for t in tables], [t.pooling_cv for t in tables])
     ex = expected_reuse([t.rows for t in tables], batch_size * bm, [t.zipf for t in tables])
-    return [_r6(r) if look > 0 else [0.0] * 17 for r, look in zip(ex["reuse_bins"], bm)]
+    return [[round(float(x), 6) for x in r] if look > 0 else [0.0] * NUM_BINS for r, look in zip(ex["reuse_bins"], bm)]
 
 
 def _gb(b: float) -> str:
@@ -124,7 +125,7 @@ def generate_tasks(pool: TablePool, n_tables: int = 50, devices: int = 4, count:
     rng = np.random.default_rng([seed, 0x7A5C, {"train": 1, "test": 2, "all": 3}[split]])
     tasks, draws, totals = [], 0, []
     rejected: list[float] = []
-    reuse_cache: dict[tuple[int, int], list[float]] = {}
+    reuse: dict[str, list[float]] = {}  # per table name, computed when first drawn
     for k in range(count):
         for _ in range(MAX_DRAWS):
             draws += 1
@@ -149,11 +150,10 @@ def generate_tasks(pool: TablePool, n_tables: int = 50, devices: int = 4, count:
             if dtype is not None:
                 upd["dtype"] = dtype
             tabs.append(src.model_copy(update=upd))
-        need_reuse = [t for t in tabs if (t.name, batch_size) not in reuse_cache]
-        if need_reuse:
-            for t, r in zip(need_reuse, task_reuse(need_reuse, batch_size)):
-                reuse_cache[(t.name, batch_size)] = r
-        tabs = [t.model_copy(update={"reuse": reuse_cache[(t.name, batch_size)]}) for t in tabs]
+        new = [t for t in tabs if t.name not in reuse]  # reuse depends on the table, not its drawn dim
+        if new:
+            reuse.update(zip((t.name for t in new), task_reuse(new, batch_size)))
+        tabs = [t.model_copy(update={"reuse": reuse[t.name]}) for t in tabs]
         tasks.append(ShardTask(id=k, tables=tabs, devices=devices, mem_bytes=cap, batch_size=batch_size,
                                split=split))  # type: ignore[arg-type]
     ts = TaskSet(pool=pool.name, seed=seed, tasks=tasks)
