@@ -32,3 +32,10 @@ def test_unknown_command_exits_2(run_cli):
 def test_console_script_runs():
     out = subprocess.run([sys.executable, "-m", "recstack", "--help"], capture_output=True, text=True, check=False)
     assert out.returncode == 0 and "recstack" in out.stdout
+
+
+def test_short_list_cuts_at_a_name():
+    from recstack.ui import short_list
+
+    assert short_list(["t_0", "t_1"], 20) == "t_0, t_1"
+    assert short_list([f"t_{i}" for i in range(10)], 20) == "t_0, t_1, t_2, ..."

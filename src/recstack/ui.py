@@ -13,3 +13,9 @@ def console(stderr: bool = False) -> Console:
     if not c.is_terminal and c.width < _MIN_WIDTH:
         c = Console(highlight=False, soft_wrap=True, stderr=stderr, width=_MIN_WIDTH)
     return c
+
+
+def short_list(names: list[str], width: int) -> str:
+    """Comma-separated names cut at a name boundary to at most `width` characters, ", ..." marking the cut."""
+    s = ", ".join(names)
+    return s if len(s) <= width else s[: width - 3].rsplit(",", 1)[0] + ", ..."

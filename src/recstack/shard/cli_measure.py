@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from recstack.ui import console as ui_console
+from recstack.ui import short_list
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -16,11 +17,6 @@ if TYPE_CHECKING:
     from recstack.shard.measure import PlanCost
 
 _Opt = typer.Option
-
-
-def _names(names: list[str], width: int = 44) -> str:
-    s = ", ".join(names)
-    return s if len(s) <= width else s[: width - 3].rsplit(",", 1)[0] + ", ..."
 
 
 def print_cost(pc: PlanCost, plan_name: str, console: Console | None = None) -> None:
@@ -43,7 +39,7 @@ def print_cost(pc: PlanCost, plan_name: str, console: Console | None = None) -> 
             src += ", rows capped"
         total = f"[bold]{d.total_ms:.3f}[/bold]" if d.rank == b else f"{d.total_ms:.3f}"
         t.add_row(str(d.rank), str(len(d.shards)), f"{d.fwd_ms:.3f}", f"{d.bwd_ms:.3f}", f"{d.comm_ms:.3f}", total,
-                  fmt_bytes(d.mem_bytes), f"{d.mem_bytes / d.mem_cap:.0%}", src, _names(d.shards))
+                  fmt_bytes(d.mem_bytes), f"{d.mem_bytes / d.mem_cap:.0%}", src, short_list(d.shards, 44))
     c.print(t)
     m = pc.method
     c.print(f"kernels: {m['operator']}, batch {m['batch_size']}, {len(m['seeds'])} index batches (seeds "

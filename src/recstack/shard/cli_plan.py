@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from recstack.ui import console as ui_console
+from recstack.ui import short_list
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -16,11 +17,6 @@ if TYPE_CHECKING:
     from recstack.spec import ShardingPlan, ShardTask
 
 _Opt = typer.Option
-
-
-def _names(names: list[str], width: int = 48) -> str:
-    s = ", ".join(names)
-    return s if len(s) <= width else s[: width - 3].rsplit(",", 1)[0] + ", ..."
 
 
 def print_plan(plan: ShardingPlan, task: ShardTask, console: Console | None = None) -> None:
@@ -39,7 +35,7 @@ def print_plan(plan: ShardingPlan, task: ShardTask, console: Console | None = No
         t.add_column(col, justify="left" if col == "names" else "right")
     for r in rows:
         t.add_row(str(r["device"]), str(len(r["tables"])), fmt_bytes(r["bytes"]), f"{r['bytes'] / r['cap']:.0%}",
-                  f"{r['dim']:.0f}", f"{r['lookup']:.1f}", f"{r['size-lookup']:.1f}", _names(r["tables"]))
+                  f"{r['dim']:.0f}", f"{r['lookup']:.1f}", f"{r['size-lookup']:.1f}", short_list(r["tables"], 48))
     c.print(t)
     types: dict[str, int] = {}
     for sh in plan.tables.values():

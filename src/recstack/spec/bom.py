@@ -21,9 +21,7 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-def _check(value: Quantity | None, unit: str) -> Quantity | None:
-    if value is None:
-        return None
+def _check(value: Quantity, unit: str) -> Quantity:
     try:
         quantity(value, unit, "@")
     except ConfigError as e:
@@ -57,9 +55,6 @@ class SiliconItem(_Strict):
     share: float = Field(default=1.0, gt=0, le=1, description="fraction attributed (e.g. a VM's slice)")
     note: str = ""
 
-
-
-
     @model_validator(mode="after")
     def _needs(self) -> SiliconItem:
         need = {"logic": ("area", "process"), "dram": ("capacity", "process"), "flash": ("capacity", "process"),
@@ -80,7 +75,6 @@ class PassiveItem(_Strict):
     fab_ci: str | None = Field(default=None, description="manufacturing grid (default japan, as ACT)")
 
 
-
 class MaterialItem(_Strict):
     """Frame and board materials: enclosure metals by weight, PCBs by area and layers, batteries by capacity."""
 
@@ -91,9 +85,6 @@ class MaterialItem(_Strict):
     area: Area | None = None
     layers: int | None = Field(default=None, gt=0)
     capacity: Energy | None = None
-
-
-
 
     @model_validator(mode="after")
     def _needs(self) -> MaterialItem:

@@ -10,6 +10,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from recstack.errors import ConfigError, DataError
+from recstack.io import read_json
 from recstack.spec.device import DeviceSpec, Topology
 from recstack.spec.model import ModelSpec
 from recstack.spec.train import TrainSpec
@@ -64,8 +65,6 @@ def read_yaml(path: Path) -> dict[str, Any]:
 
 def load_json_model(cls: type[T], path: str | Path, what: str) -> T:
     """A pydantic model from a JSON data file; DataError naming the file (and line or field)."""
-    from recstack.io import read_json
-
     p = Path(path)
     try:
         return validate(cls, read_json(p, what), str(p))

@@ -15,7 +15,6 @@ app = typer.Typer(no_args_is_help=True)
 _Opt = typer.Option
 
 
-
 @app.command("capture")
 def capture_cmd(
     config: Annotated[str, typer.Argument(help="Shipped model config name or YAML file.")],
