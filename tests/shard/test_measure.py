@@ -8,9 +8,8 @@ import statistics
 
 import pytest
 import torch
-import typer
 
-from recstack.errors import ConfigError, RecstackError
+from recstack.errors import ConfigError
 from recstack.shard import comm as comm_mod
 from recstack.shard import measure as M
 from recstack.shard.comm import AlphaBeta, fit_alpha_beta, measured_curve, topology_curve
@@ -315,19 +314,6 @@ def test_plan_errors_name_the_table_or_device():
         measure_plan(task, _plan(t0=_tw(0), t1=_tw(1)), comm=COMM, backend="cuda")
 
 
-def _cli(*args: str) -> tuple[int, str]:
-    """measure_cmd under a tiny typer app, with recstack's handling of user errors (exit 2)."""
-    from recstack.shard.cli_measure import measure_cmd
-
-    app = typer.Typer()
-    app.command()(measure_cmd)
-    try:
-        app([str(a) for a in args], standalone_mode=False)
-    except RecstackError as e:
-        return e.exit_code, str(e)
-    return 0, ""
-
-
 def _files(tmp_path, task: ShardTask, plan: dict) -> tuple[str, str]:
     tasks = tmp_path / "tasks.json"
     tasks.write_text(json.dumps(TaskSet(pool="p", tasks=[task]).model_dump(mode="json")))
@@ -339,36 +325,53 @@ def _files(tmp_path, task: ShardTask, plan: dict) -> tuple[str, str]:
 CLI_FAST = ("--reps", "6", "--blocks", "3", "--warmup", "1", "--batches", "2", "--comm", "model")
 
 
-def test_cli_json_output_and_cache_dir(tmp_path, capsys):
+def test_cli_json_output_and_cache_dir(tmp_path, shard_cli):
     tasks, pf = _files(tmp_path, _task(), _mixed_plan().model_dump(mode="json"))
     out = tmp_path / "cost.json"
-    code, _ = _cli(tasks, "--task", "7", "--plan", pf, "--json", "--out", str(out), *CLI_FAST)
-    assert code == 0
-    d = json.loads(capsys.readouterr().out)
+    r = shard_cli("measure", tasks, "--task", "7", "--plan", pf, "--json", "--out", str(out), *CLI_FAST)
+    assert r.code == 0, r.err
+    d = json.loads(r.out)
     assert d["cost_ms"] == max(x["total_ms"] for x in d["devices"]) and len(d["devices"]) == 2
     assert d["comm"]["kind"] == "modelled" and json.loads(out.read_text())["cost_ms"] == d["cost_ms"]
     cache = tmp_path / "tasks.json.costcache"
     assert len(list(cache.glob("kernel-*.json"))) == 2
-    code, _ = _cli(tasks, "--task", "7", "--plan", pf, *CLI_FAST)
-    text = capsys.readouterr().out
-    assert code == 0 and "MODELLED" in text and "cached" in text and "max over devices" in text
+    r = shard_cli("measure", tasks, "--task", "7", "--plan", pf, *CLI_FAST)
+    assert r.code == 0 and "MODELLED" in r.out and "cached" in r.out and "max over devices" in r.out
 
 
-def test_cli_errors_exit_2(tmp_path):
+def test_cli_errors_exit_2(tmp_path, shard_cli):
+    def error(*args):
+        r = shard_cli("measure", *args, *CLI_FAST)
+        assert r.code == 2 and r.err.count("\n") == 1 and "Traceback" not in r.err, r.err
+        return r.err
+
     task = _task(2, mem=60_000)
     tasks, pf = _files(tmp_path, task, _plan(t0=_tw(0), t1=_tw(1)).model_dump(mode="json"))
-    code, msg = _cli(tasks, "--task", "7", "--plan", pf, "--no-cache", *CLI_FAST)
-    assert code == 2 and "over the 60.0 kB cap of task 7" in msg
+    assert "over the 60.0 kB cap of task 7" in error(tasks, "--task", "7", "--plan", pf, "--no-cache")
     plan = _plan(t0=_tw(0), t1=_tw(1)).model_dump(mode="json")
     plan["tables"]["t1"]["ranks"] = [2]
     tasks, pf = _files(tmp_path, _task(2), plan)
-    code, msg = _cli(tasks, "--task", "7", "--plan", pf, *CLI_FAST)
-    assert code == 2 and "rank 2" in msg
-    code, msg = _cli(tasks, "--task", "8", "--plan", pf, *CLI_FAST)
-    assert code == 2 and "no such task" in msg
+    assert "rank 2" in error(tasks, "--task", "7", "--plan", pf)
+    assert "no such task" in error(tasks, "--task", "8", "--plan", pf)
     tasks, pf = _files(tmp_path, _task(2), _plan(t0=_tw(0), t1=_tw(1)).model_dump(mode="json"))
-    code, msg = _cli(tasks, "--task", "7", "--plan", pf, "--clock", "wall", "--threads", "0", *CLI_FAST)
-    assert code == 2 and "--threads" in msg
+    assert "--threads" in error(tasks, "--task", "7", "--plan", pf, "--clock", "wall", "--threads", "0")
+
+
+def test_cli_bench_writes_results_and_shares_measure_cache(tmp_path, shard_cli):
+    tasks, _ = _files(tmp_path, _task(2), {})
+    out = tmp_path / "bench"
+    r = shard_cli("bench", tasks, "--out", out, "--planners", "round-robin,size-greedy", "--reference", "size-greedy",
+                  "--reps", "3", "--comm", "model")
+    assert r.code == 0, r.err
+    rows = json.loads((out / "results.json").read_text())
+    assert [(x["task"], x["planner"]) for x in rows] == [(7, "round-robin"), (7, "size-greedy")]
+    assert all(x["cost_ms"] > 0 for x in rows)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["planners"]["size-greedy"]["geomean_vs_reference"] == pytest.approx(1.0)
+    assert (out / "bench.png").read_bytes()[:4] == b"\x89PNG"
+    assert list((tmp_path / "tasks.json.costcache").glob("kernel-*.json"))  # measure's default cache folder
+    r = shard_cli("bench", tasks, "--out", out, "--planners", "no-such-planner", "--reference", "size-greedy")
+    assert r.code == 2 and "no-such-planner" in r.err
 
 
 def test_cli_defaults_match_the_library_defaults():
