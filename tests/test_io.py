@@ -1,13 +1,14 @@
-"""recstack.io.read_json: the one JSON reader (plain or gzip) and its one-line errors."""
+"""recstack.io readers: read_json (plain or gzip), read_bytes and their one-line errors."""
 
 from __future__ import annotations
 
 import gzip
+import os
 
 import pytest
 
 from recstack.errors import DataError
-from recstack.io import read_json
+from recstack.io import read_bytes, read_json
 
 
 def test_reads_plain_and_gzip(tmp_path):
@@ -34,6 +35,24 @@ def test_missing_file_and_directory(tmp_path):
         read_json(tmp_path / "nope.json", "plan file")
     with pytest.raises(DataError, match="is a directory, expected a plan file"):
         read_json(tmp_path, "plan file")
+
+
+def test_read_bytes_errors_name_the_file_and_what_it_is(tmp_path):
+    (tmp_path / "t.et").write_bytes(b"\x00\x01")
+    assert read_bytes(tmp_path / "t.et") == b"\x00\x01"
+    with pytest.raises(DataError, match=r"^.*missing\.et: Chakra ET file not found$"):
+        read_bytes(tmp_path / "missing.et", "Chakra ET file")
+    with pytest.raises(DataError, match="is a directory, expected a Chakra ET file$"):
+        read_bytes(tmp_path, "Chakra ET file")
+    locked = tmp_path / "locked.et"
+    locked.write_bytes(b"x")
+    locked.chmod(0)
+    try:
+        if not os.access(locked, os.R_OK):  # root reads anything: only checked where permissions apply
+            with pytest.raises(DataError, match=r"locked\.et: cannot read file \(Permission denied\)"):
+                read_bytes(locked)
+    finally:
+        locked.chmod(0o600)
 
 
 def test_keyed_cache_records(tmp_path):

@@ -133,18 +133,24 @@ def save_figure(fig: Any, path: str | Path, dpi: int = 120) -> Path:
     return path
 
 
-def read_json(path: str | Path, what: str = "JSON file") -> Any:
-    """Parsed JSON (gzip-compressed or plain); a missing, unreadable or malformed file is a one-line
-    DataError naming it (and the line)."""
+def read_bytes(path: str | Path, what: str = "file") -> bytes:
+    """A file's bytes; a missing, unreadable or directory path is a one-line DataError naming it."""
     path = Path(path)
     try:
-        raw = path.read_bytes()
+        return path.read_bytes()
     except FileNotFoundError:
         raise DataError(f"{path}: {what} not found") from None
     except IsADirectoryError:
         raise DataError(f"{path}: is a directory, expected a {what}") from None
     except OSError as e:
         raise DataError(f"{path}: cannot read {what} ({e.strerror or e})") from None
+
+
+def read_json(path: str | Path, what: str = "JSON file") -> Any:
+    """Parsed JSON (gzip-compressed or plain); a missing, unreadable or malformed file is a one-line
+    DataError naming it (and the line)."""
+    path = Path(path)
+    raw = read_bytes(path, what)
     if raw[:2] == b"\x1f\x8b":
         try:
             raw = gzip.decompress(raw)

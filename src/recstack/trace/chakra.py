@@ -74,6 +74,7 @@ from pathlib import Path
 from typing import Any
 
 from recstack.errors import ConfigError, DataError
+from recstack.io import read_bytes
 from recstack.trace.graph import OpNode, TraceGraph
 
 SCHEMA_FILE = "et_def.proto"
@@ -613,14 +614,7 @@ def read_chakra(path: str | Path) -> tuple[Any, list[Any]]:
     from google.protobuf.message import DecodeError
 
     path = Path(path)
-    try:
-        buf = path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"{path}: Chakra ET file not found") from None
-    except IsADirectoryError:
-        raise DataError(f"{path}: is a directory, not a Chakra ET file") from None
-    except OSError as e:
-        raise DataError(f"{path}: cannot read ({e.strerror})") from None
+    buf = read_bytes(path, "Chakra ET file")
     if not buf:
         raise DataError(f"{path}: empty file: no GlobalMetadata")
     s = schema()
