@@ -54,6 +54,11 @@ def test_train_synthetic_end_to_end(run_cli, tmp_path):
     s = json.loads((out / "summary.json").read_text())
     assert REQUIRED <= set(s) and s["teacher_auc"] is not None and 0.5 < s["teacher_auc"] < 1
     assert (out / "data" / "meta.json").exists()
+    assert s["backend"] == "fused"  # the CLI default: same numbers as per-table bags, faster on CPU
+    r = run_cli("train", cfg, "--data", out / "data", "--out", tmp_path / "torch", "--backend", "torch")
+    assert r.code == 0, r.err
+    t = json.loads((tmp_path / "torch" / "summary.json").read_text())
+    assert t["backend"] == "torch" and (t["auc"], t["logloss"]) == (s["auc"], s["logloss"])
 
 
 def test_mismatched_store_names_the_mismatch(run_cli, setup, tmp_path):

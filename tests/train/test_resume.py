@@ -104,6 +104,22 @@ def test_resume_without_checkpoints_starts_over_and_bad_combinations(data, tmp_p
     ts = _ts().model_copy(update={"seed": 4})
     with pytest.raises(ConfigError, match="seed=3.*seed=4"):
         train(spec, ts, path, tmp_path / "other", progress=False, resume=True)
+    with pytest.raises(ConfigError, match="written with backend='torch', this run has backend='fused'"):
+        _run(spec, path, tmp_path / "other", resume=True, backend="fused")
+
+
+def test_checkpoint_of_another_backend_is_a_one_line_error(data):
+    spec, _ = data
+    torch_state = Trainer(spec, _ts(), backend="torch").state_dict()
+    fused = Trainer(spec, _ts(), backend="fused")
+    with pytest.raises(ConfigError, match=r"'torch' embedding backend, this run uses 'fused' \(pass --backend torch"):
+        fused.load_state_dict(torch_state)
+    del torch_state["backend"]  # as written before checkpoints recorded it
+    with pytest.raises(ConfigError) as e:
+        fused.load_state_dict(torch_state)
+    msg = str(e.value)
+    assert "\n" not in msg and "Missing key(s)" in msg and "try --backend torch" in msg
+    fused.load_state_dict(Trainer(spec, _ts().model_copy(update={"seed": 8}), backend="fused").state_dict())
 
 
 def test_trainer_state_roundtrip_is_exact(data):

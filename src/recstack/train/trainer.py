@@ -144,6 +144,7 @@ class Trainer:
             "step": self.step_count,
             "world_size": self.world.world_size,
             "rank": self.world.rank,
+            "backend": self.backend,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -152,13 +153,19 @@ class Trainer:
                 f"checkpoint is of rank {state.get('rank')} of {state.get('world_size')} processes; this is rank "
                 f"{self.world.rank} of {self.world.world_size}"
             )
+        if state.get("backend", self.backend) != self.backend:  # checkpoints before 2026-12 have none
+            raise ConfigError(f"checkpoint was written with the {state['backend']!r} embedding backend, this run uses "
+                              f"{self.backend!r} (pass --backend {state['backend']} to continue it)")
         try:
             self.model.load_state_dict(state["model"])
             self.dense_opt.load_state_dict(state["dense_opt"])
             if self.sparse_opt is not None:
                 self.sparse_opt.load_state_dict(state["sparse_opt"])
         except (KeyError, RuntimeError, ValueError) as e:
-            raise ConfigError(f"checkpoint does not fit this model and optimiser: {e}") from None
+            hint = ""
+            if "embeddings._impl." in str(e):  # an older checkpoint of another backend: torch was the default
+                hint = f" (written with another embedding backend? this run uses {self.backend!r}; try --backend torch)"
+            raise ConfigError(f"checkpoint does not fit this model and optimiser: {' '.join(str(e).split())}{hint}") from None
         self.step_count = int(state["step"])
         if self.fused:
             self._emb_lr = None  # set again from the schedule on the next step
