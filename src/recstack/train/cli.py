@@ -132,10 +132,10 @@ BatchOpt = Annotated[int | None, _Opt("--batch-size", help="Global batch size.")
 SeedOpt = Annotated[int | None, _Opt("--seed", help="Seed for initialisation, shuffling and synthetic data.")]
 LrOpt = Annotated[float | None, _Opt("--lr", help="Learning rate.")]
 OptimOpt = Annotated[str | None, _Opt("--optimizer", help="sgd or adagrad (row-wise for embeddings).")]
-# All tables of one dim in one lookup: same numbers as per-table EmbeddingBags, 7-58% more samples/s
-# on CPU (dlrm-demo, dlrm-kaggle, rmc2; docs/benchmarks.md).
+# All tables of one dim in one lookup: the same model as per-table EmbeddingBags (results equal up to
+# float rounding), 7-58% more samples/s on CPU (dlrm-demo, dlrm-kaggle, rmc2; docs/benchmarks.md).
 DEFAULT_BACKEND = "fused"
-BackendOpt = Annotated[str, _Opt("--backend", help="Embedding backend: fused (all tables of a dim in one lookup), torch (one EmbeddingBag per table) or fbgemm. Same numbers; fused is the fastest on CPU.")]
+BackendOpt = Annotated[str, _Opt("--backend", help="Embedding backend: fused (all tables of a dim in one lookup), torch (one EmbeddingBag per table) or fbgemm. Same model and results up to float rounding; fused is the fastest on CPU.")]
 SamplesOpt = Annotated[int | None, _Opt("--samples", help="Samples to synthesise with --synthetic.")]
 EvalOpt = Annotated[int | None, _Opt("--eval-every", help="Steps between validation runs.")]
 LogOpt = Annotated[int | None, _Opt("--log-every", help="Steps between train-loss rows in metrics.jsonl.")]
