@@ -450,6 +450,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backend", default="fused", choices=["torch", "fused", "fbgemm"],
                     help="embedding backend of the model (default: fused, the fastest here on CPU; recstack train --backend)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's default)")
+    ap.add_argument("--batches", type=int, default=8, help="distinct pre-generated batches, cycled")
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--iters", type=int, default=10, help="steps per timed repetition")
     ap.add_argument("--repeats", type=int, default=10, help="timed repetitions per round")
@@ -480,7 +481,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"machine: {mach['cpu']}, {mach['cores']} cores, avx512={mach['avx512']}, amx={mach['amx']}, "
         f"torch {mach['torch']} ({mach['blas']}, oneDNN={mach['onednn']}), {mach['threads']} threads")
     trainer = Trainer(spec, ts, backend=args.backend, device="cpu")
-    batches = random_batches(spec, args.batch_size, 8)
+    batches = random_batches(spec, args.batch_size, args.batches)
     log(f"config: bottom {DENSE}-{'-'.join(map(str, spec.bottom_mlp))}, top "
         f"{'-'.join(map(str, spec.top_mlp))}, {args.tables} tables x {args.rows} rows, dim {args.dim}, "
         f"{args.pooling} index/bag, batch {args.batch_size}, SGD lr 0.1, fp32, backend {args.backend}")
