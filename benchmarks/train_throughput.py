@@ -44,6 +44,11 @@ interleaved comparison; `gemm_floor` reports their time, the step's non-GEMM rem
 speed-up ceiling (reference time / GEMM floor): the most any step built on these same GEMM
 calls could reach on this machine.
 
+Precision: fp32 by default, the issue's comparison. `--precision bf16` runs recstack's step with
+`TrainSpec.precision = "bf16"` (MLPs and interaction under bfloat16 autocast, fp32 weights,
+embeddings and loss) against the fp32 reference: a speed-up at different numerics, labelled so;
+the GEMM floor and the breakdown are fp32 notions and are skipped.
+
 Noise: with torch's default of one OpenMP thread per core, any other busy process on the machine
 slows every parallel region (both implementations alike) by up to 20x; run on an otherwise idle
 machine, keep --rounds >= 2 so that a burst of load hits both sides, and check min/max.
@@ -58,6 +63,7 @@ when RAPL is absent or unreadable, as in most VMs).
     python benchmarks/train_throughput.py --reference /path/to/dlrm/dlrm_s_pytorch.py --rounds 3
     python benchmarks/train_throughput.py --json --compare-plain
     python benchmarks/train_throughput.py --energy --no-breakdown
+    python benchmarks/train_throughput.py --precision bf16 --reference PATH   # recstack bf16 vs fp32 reference
 """
 
 from __future__ import annotations
@@ -450,6 +456,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backend", default="fused", choices=["torch", "fused", "fbgemm"],
                     help="embedding backend of the model (default: fused, the fastest here on CPU; recstack train --backend)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's default)")
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                    help="bf16: recstack's dense compute under bfloat16 autocast (TrainSpec.precision); the "
+                         "reference stays fp32, so that speed-up is not at the same numerics; no GEMM floor or "
+                         "breakdown then (default: fp32, the issue's comparison)")
     ap.add_argument("--batches", type=int, default=8, help="distinct pre-generated batches, cycled")
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--iters", type=int, default=10, help="steps per timed repetition")
@@ -476,7 +486,8 @@ def main(argv: list[str] | None = None) -> int:
     log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
 
     spec = bench_spec(args.rows, args.tables, args.dim, args.pooling)
-    ts = TrainSpec(optimizer="sgd", lr=0.1, batch_size=args.batch_size)
+    ts = TrainSpec(optimizer="sgd", lr=0.1, batch_size=args.batch_size, precision=args.precision)
+    bf16 = args.precision == "bf16"
     mach = machine()
     log(f"machine: {mach['cpu']}, {mach['cores']} cores, avx512={mach['avx512']}, amx={mach['amx']}, "
         f"torch {mach['torch']} ({mach['blas']}, oneDNN={mach['onednn']}), {mach['threads']} threads")
@@ -484,7 +495,8 @@ def main(argv: list[str] | None = None) -> int:
     batches = random_batches(spec, args.batch_size, args.batches)
     log(f"config: bottom {DENSE}-{'-'.join(map(str, spec.bottom_mlp))}, top "
         f"{'-'.join(map(str, spec.top_mlp))}, {args.tables} tables x {args.rows} rows, dim {args.dim}, "
-        f"{args.pooling} index/bag, batch {args.batch_size}, SGD lr 0.1, fp32, backend {args.backend}")
+        f"{args.pooling} index/bag, batch {args.batch_size}, SGD lr 0.1, "
+        f"{'bf16 autocast (reference: fp32)' if bf16 else 'fp32'}, backend {args.backend}")
     log(f"method: {args.warmup} warm-up steps, then {args.repeats} repetitions x {args.iters} steps per round, "
         f"{args.rounds} round(s); median of per-repetition ms/it")
 
@@ -499,7 +511,7 @@ def main(argv: list[str] | None = None) -> int:
     inter = InterleavedReference(args.reference, args, batches, tmpdir.name) \
         if args.reference and args.reference_mode in ("both", "interleaved") else None
     ref_cmd = ""
-    floor = StepGemms(trainer, batches[0])
+    floor = None if bf16 else StepGemms(trainer, batches[0])  # bf16: autocast, not the oneDNN fp32 path
     floor_ms: list[float] = []  # GEMM floor after each repetition set (same conditions as ours)
     il_floor: list[float] = []
     gemm_rounds: list[dict[str, float]] = []
@@ -509,9 +521,10 @@ def main(argv: list[str] | None = None) -> int:
         ours += time_steps(trainer, batches, args.iters, args.repeats, args.warmup if r == 0 else 3, meter)
         if meter is not None and meter.report is not None:
             energy.append(meter.report)
-        floor_ms += [floor.time(args.iters) for _ in range(args.repeats)]
-        log(f"round {r + 1}: recstack {statistics.median(ours[-args.repeats:]):.2f} ms/it; its GEMMs alone "
-            f"{statistics.median(floor_ms[-args.repeats:]):.2f} ms")
+        if floor is not None:
+            floor_ms += [floor.time(args.iters) for _ in range(args.repeats)]
+        log(f"round {r + 1}: recstack {statistics.median(ours[-args.repeats:]):.2f} ms/it"
+            + (f"; its GEMMs alone {statistics.median(floor_ms[-args.repeats:]):.2f} ms" if floor_ms else ""))
         gemm_rounds.append(gemm_gflops(repeats=7))  # the machine's GEMM rate under the same conditions
         if args.compare_plain:
             mlp_module.MLP.fast = False
@@ -526,8 +539,8 @@ def main(argv: list[str] | None = None) -> int:
             il_ref += b
             il_floor += c
             log(f"round {r + 1}: interleaved: recstack {statistics.median(a):.2f}, reference "
-                f"{statistics.median(b):.2f} ms/it -> {statistics.median(b) / statistics.median(a):.2f}x; "
-                f"recstack's GEMMs alone {statistics.median(c):.2f} ms")
+                f"{statistics.median(b):.2f} ms/it -> {statistics.median(b) / statistics.median(a):.2f}x"
+                + (f"; recstack's GEMMs alone {statistics.median(c):.2f} ms" if c else ""))
         if subproc:
             vals, ref_cmd = run_reference(args.reference, args)
             ref += vals[1:]
@@ -541,7 +554,8 @@ def main(argv: list[str] | None = None) -> int:
     out: dict[str, Any] = {"machine": mach, "config": {
         "bottom_mlp": [DENSE, *spec.bottom_mlp], "top_mlp": spec.top_mlp, "tables": args.tables,
         "rows": args.rows, "dim": args.dim, "pooling": args.pooling, "batch_size": args.batch_size,
-        "optimizer": "sgd", "lr": 0.1, "dtype": "fp32", "backend": args.backend, "interaction": "dot"}}
+        "optimizer": "sgd", "lr": 0.1, "dtype": args.precision, "backend": args.backend, "interaction": "dot",
+        "reference_dtype": "fp32"}}
     ms = statistics.median(ours)
     out["ms_per_iter"] = ms
     out["ms_per_iter_min_max"] = [min(ours), max(ours)]
@@ -563,7 +577,7 @@ def main(argv: list[str] | None = None) -> int:
     emb_bytes = 3.0 * args.batch_size * args.tables * args.pooling * args.dim * 4
     out["emb_bytes_per_iter"] = emb_bytes
     out["mlp_gflops"] = out["emb_gbps"] = None  # measured by the breakdown (skipped with --no-breakdown)
-    if not args.no_breakdown:
+    if not args.no_breakdown and not bf16:  # the parts are timed outside the step's autocast
         bd = breakdown(trainer, batches[0])
         out["breakdown_ms"] = bd
         mlp_ms = bd["bottom_mlp_fwd"] + bd["bottom_mlp_bwd"] + bd["top_mlp_fwd"] + bd["top_mlp_bwd"]
@@ -591,17 +605,18 @@ def main(argv: list[str] | None = None) -> int:
             "block_pairs": len(pairs), "iters_per_block": args.iters,
         }
         out.setdefault("speedup_vs_reference", out["interleaved"]["speedup"])
-    fl = statistics.median(floor_ms)
-    out["gemm_floor"] = {
-        "gemm_calls": len(floor.ops), "gflop_per_iter": floor.flops / 1e9, "ms_per_iter": fl,
-        "gflops": floor.flops / fl / 1e6, "non_gemm_ms": ms - fl, "gemm_share_of_step": fl / ms,
-    }
-    if ref:
-        out["gemm_floor"]["speedup_ceiling_vs_script"] = out["reference_ms_per_iter"] / fl
-    if il_ours:
-        ilf = statistics.median(il_floor)
-        out["gemm_floor"]["interleaved_ms_per_iter"] = ilf
-        out["gemm_floor"]["speedup_ceiling_interleaved"] = out["interleaved"]["reference_ms_per_iter"] / ilf
+    if floor is not None:
+        fl = statistics.median(floor_ms)
+        out["gemm_floor"] = {
+            "gemm_calls": len(floor.ops), "gflop_per_iter": floor.flops / 1e9, "ms_per_iter": fl,
+            "gflops": floor.flops / fl / 1e6, "non_gemm_ms": ms - fl, "gemm_share_of_step": fl / ms,
+        }
+        if ref:
+            out["gemm_floor"]["speedup_ceiling_vs_script"] = out["reference_ms_per_iter"] / fl
+        if il_ours:
+            ilf = statistics.median(il_floor)
+            out["gemm_floor"]["interleaved_ms_per_iter"] = ilf
+            out["gemm_floor"]["speedup_ceiling_interleaved"] = out["interleaved"]["reference_ms_per_iter"] / ilf
     if not ref and not il_ours:
         out["reference_anchor_ms_per_iter"] = list(ANCHOR_MS)
         out["reference_anchor_note"] = "published anchor from REFERENCE.md section 1, not measured here"
@@ -633,14 +648,18 @@ def main(argv: list[str] | None = None) -> int:
     if not ref and not il_ours:
         print(f"reference: published anchor {ANCHOR_MS[0]:.0f}-{ANCHOR_MS[1]:.0f} ms/it (REFERENCE.md; NOT measured "
               "here; pass --reference PATH/dlrm_s_pytorch.py to measure it side by side)")
-    gf = out["gemm_floor"]
-    print(f"GEMM floor: the step's {gf['gemm_calls']} oneDNN GEMMs ({gf['gflop_per_iter']:.2f} GFLOP) alone take "
-          f"{gf['ms_per_iter']:.2f} ms ({gf['gflops']:.0f} GFLOP/s), {gf['gemm_share_of_step']:.0%} of the step; "
-          f"everything else {gf['non_gemm_ms']:.2f} ms")
+    gf = out.get("gemm_floor", {})
+    if gf:
+        print(f"GEMM floor: the step's {gf['gemm_calls']} oneDNN GEMMs ({gf['gflop_per_iter']:.2f} GFLOP) alone take "
+              f"{gf['ms_per_iter']:.2f} ms ({gf['gflops']:.0f} GFLOP/s), {gf['gemm_share_of_step']:.0%} of the step; "
+              f"everything else {gf['non_gemm_ms']:.2f} ms")
     for key, label in (("speedup_ceiling_vs_script", "the script's"), ("speedup_ceiling_interleaved", "the interleaved")):
         if key in gf:
             print(f"  speed-up ceiling over {label} reference time if nothing but these GEMMs cost anything: "
                   f"{gf[key]:.2f}x")
+    if bf16:
+        print("precision: recstack bf16 autocast, the reference fp32: the speed-ups above are NOT at the same "
+              "numerics (the issue's comparison is --precision fp32)")
     print("GEMM 2048x512x512 fp32: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in gemm.items()))
     if "breakdown_ms" in out:
         print(f"MLPs: {out['mlp_ms']:.2f} ms for {flops / 1e9:.2f} GFLOP -> {out['mlp_gflops']:.0f} GFLOP/s "

@@ -40,7 +40,10 @@ def test_facts_and_key_come_from_the_parsed_cpu(monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
     facts = cpu_facts()
     assert (facts["cpu"], facts["cores"], facts["avx512"], facts["amx"]) == ("Example CPU A", 3, True, True)
+    assert facts["bf16"] is False  # amx_tile alone is not bf16 arithmetic
     assert machine_key() == {"cpu": "Example CPU A", "cores": 3}
+    monkeypatch.setattr(machine, "_cpu", lambda: ("Example CPU C", frozenset({"avx512f", "avx512_bf16"})))
+    assert cpu_facts()["bf16"] is True
 
 
 def test_cpu_is_read_once(monkeypatch):

@@ -51,7 +51,9 @@ def machine_key() -> dict[str, Any]:
 
 
 def cpu_facts() -> dict[str, Any]:
-    """CPU model (from /proc/cpuinfo where readable), usable cores, AVX-512 / AMX flags, Python and OS."""
+    """CPU model (from /proc/cpuinfo where readable), usable cores, AVX-512 / AMX flags, native
+    bfloat16 arithmetic (AVX512_BF16 or AMX-BF16), Python and OS."""
     cpu, flags = _cpu()
     return {"cpu": cpu, "cores": usable_cores(), "avx512": "avx512f" in flags, "amx": "amx_tile" in flags,
+            "bf16": bool({"avx512_bf16", "amx_bf16"} & flags),
             "python": platform.python_version(), "platform": platform.platform()}

@@ -83,6 +83,20 @@ def test_data_option_errors(run_cli, setup, tmp_path):
     _one_line_error(r, "--optimizer")
     _one_line_error(run_cli("train", cfg, "--data", store, "--out", out, "--batch-size", "0"), "--batch-size")
     _one_line_error(run_cli("train", "no-such-config", "--data", store, "--out", out), "no-such-config")
+    _one_line_error(run_cli("train", cfg, "--data", store, "--out", out, "--precision", "fp16"), "--precision", "fp16")
+
+
+def test_bf16_precision_option(run_cli, setup, tmp_path, monkeypatch):
+    cfg, store, _ = setup
+    r = run_cli("train", cfg, "--data", store, "--out", tmp_path / "r", "--precision", "bf16")
+    assert r.code == 0, r.err
+    s = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert s["precision"] == "bf16" and "bf16 autocast" in r.out
+    from recstack import machine
+
+    monkeypatch.setattr(machine, "_cpu", lambda: ("Example CPU", frozenset({"avx2"})))
+    r = run_cli("train", cfg, "--data", store, "--out", tmp_path / "r2", "--precision", "bf16", "--steps", "2")
+    assert r.code == 0 and "no native bfloat16 arithmetic" in r.err
 
 
 def test_plan_file_errors(run_cli, setup, tmp_path):

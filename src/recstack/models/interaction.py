@@ -117,6 +117,7 @@ class _GramTril(torch.autograd.Function):
     def backward(ctx, g: torch.Tensor):  # type: ignore[override]
         feats, flat_idx = ctx.saved_tensors
         b, f, _ = feats.shape
+        g = g.to(feats.dtype)  # under autocast the product (hence g) is bf16 while feats may be fp32
         gg = g.new_zeros(b, f * f).index_add_(1, flat_idx, g).view(b, f, f)
         return torch.bmm(gg + gg.transpose(1, 2), feats), None
 

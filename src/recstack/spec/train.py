@@ -31,3 +31,8 @@ class TrainSpec(BaseModel):
     eval_every: int | None = Field(default=None, gt=0, description="steps between evaluations")
     eval_batch_size: int = Field(default=4096, gt=0)
     seed: int = 0
+    precision: Literal["fp32", "bf16"] = Field(
+        default="fp32",
+        description="bf16: the dense compute (MLPs, interaction) runs under bfloat16 autocast; weights, "
+                    "embeddings, optimiser state and the loss stay fp32",
+    )

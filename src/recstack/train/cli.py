@@ -47,6 +47,8 @@ def print_result(summary: dict[str, Any], out: Path | None, console: Console | N
     sps = summary.get("samples_per_s")
     t.add_row("train samples/s", f"{sps:,.0f}" if sps else "-")
     t.add_row("processes / backend", f"{summary.get('world_size')} / {summary.get('backend')}")
+    if summary.get("precision", "fp32") != "fp32":
+        t.add_row("precision", f"{summary['precision']} autocast")
     t.add_row("wall time", f"{summary.get('seconds', 0):.1f} s")
     rec = summary.get("recovery")
     if rec:
@@ -136,6 +138,7 @@ OptimOpt = Annotated[str | None, _Opt("--optimizer", help="sgd or adagrad (row-w
 # float rounding), 7-58% more samples/s on CPU (dlrm-demo, dlrm-kaggle, rmc2; docs/benchmarks.md).
 DEFAULT_BACKEND = "fused"
 BackendOpt = Annotated[str, _Opt("--backend", help="Embedding backend: fused (all tables of a dim in one lookup), torch (one EmbeddingBag per table) or fbgemm. Same model and results up to float rounding; fused is the fastest on CPU.")]
+PrecisionOpt = Annotated[str | None, _Opt("--precision", help="fp32, or bf16: MLPs and interaction under bfloat16 autocast (weights, embeddings, optimiser state and loss stay fp32). Default: the config's, else fp32.")]
 SamplesOpt = Annotated[int | None, _Opt("--samples", help="Samples to synthesise with --synthetic.")]
 EvalOpt = Annotated[int | None, _Opt("--eval-every", help="Steps between validation runs.")]
 LogOpt = Annotated[int | None, _Opt("--log-every", help="Steps between train-loss rows in metrics.jsonl.")]
@@ -180,6 +183,7 @@ def train(
     lr: LrOpt = None,
     optimizer: OptimOpt = None,
     backend: BackendOpt = DEFAULT_BACKEND,
+    precision: PrecisionOpt = None,
     samples: SamplesOpt = None,
     eval_every: EvalOpt = None,
     log_every: LogOpt = None,
@@ -211,6 +215,8 @@ def train(
         raise ConfigError(f"--optimizer: {optimizer!r} is not one of sgd, adagrad")
     if backend not in ("torch", "fused", "fbgemm"):
         raise ConfigError(f"--backend: {backend!r} is not one of torch, fused, fbgemm")
+    if precision is not None and precision not in ("fp32", "bf16"):
+        raise ConfigError(f"--precision: {precision!r} is not one of fp32, bf16")
     if nproc < 1:
         raise ConfigError(f"--nproc must be >= 1, got {nproc}")
     if samples is not None and not synthetic:
@@ -238,7 +244,7 @@ def train(
     spec, ts = load_config(config, scale)
     upd: dict[str, Any] = {}
     for k, v in (("steps", steps), ("batch_size", batch_size), ("seed", seed), ("lr", lr),
-                 ("optimizer", optimizer), ("eval_every", eval_every)):
+                 ("optimizer", optimizer), ("eval_every", eval_every), ("precision", precision)):
         if v is not None:
             upd[k] = v
     try:
@@ -250,6 +256,12 @@ def train(
             err = e.errors()[0]
             raise ConfigError(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}") from None
         raise
+    if ts.precision == "bf16" and device == "cpu":
+        from recstack.machine import cpu_facts
+
+        if not cpu_facts()["bf16"]:
+            ui_console(stderr=True).print("note: this CPU has no native bfloat16 arithmetic (AVX512_BF16, AMX-BF16): "
+                                          "bf16 is emulated here and likely slower than fp32")
     plan_map = _read_plan(plan)
     if synthetic:
         n = samples or max(20_000, int((ts.steps or 0) * ts.batch_size / 0.8) + 1)

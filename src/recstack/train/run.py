@@ -309,6 +309,7 @@ def fit(trainer: Trainer, store: Store, out: Path | None, options: RunOptions) -
         "backend": trainer.backend,
         "device": str(trainer.device.type),
         "optimizer": ts.optimizer,
+        "precision": ts.precision,
         "lr": ts.lr,
         "batch_size": ts.batch_size,
         "seed": ts.seed,

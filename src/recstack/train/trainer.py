@@ -192,6 +192,12 @@ class Trainer:
 
     # ------------------------------------------------------------ forward / step
     def _logits(self, inp: StepInput, train: bool) -> torch.Tensor:
+        """The forward pass, in fp32 logits; with `precision: bf16` its dense compute under
+        bfloat16 autocast (embedding lookups and the all-to-all stay fp32: autocast leaves them)."""
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.ts.precision == "bf16"):
+            return self._forward(inp, train).float()
+
+    def _forward(self, inp: StepInput, train: bool) -> torch.Tensor:
         if self.exchange is None:
             return self.model(inp.dense, inp.sparse)
         w = self.world.world_size
