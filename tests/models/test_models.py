@@ -80,6 +80,23 @@ def test_config_builds_and_trains_one_step(name: str) -> None:
     assert counter.get_total_flops() == d["dense_flops_per_sample"]
 
 
+@pytest.mark.parametrize("name", list_model_configs())
+def test_config_trains_under_bf16_autocast(name: str) -> None:
+    """precision: bf16 (the trainer's autocast): every model's forward and backward run, the
+    gradients reach every parameter in its own fp32 dtype, finite."""
+    spec = small(name)
+    model = build_model(spec, seed=1)
+    b = 4
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(dense_input(spec, b), random_batch(spec.tables, b)).float()
+    labels = torch.randint(0, 2, out.shape, generator=torch.Generator().manual_seed(2)).float()
+    F.binary_cross_entropy_with_logits(out, labels).backward()
+    for p in model.parameters():
+        assert p.grad is not None and p.grad.dtype == torch.float32
+        g = p.grad.coalesce().values() if p.grad.is_sparse else p.grad
+        assert torch.isfinite(g).all()
+
+
 # ---------------------------------------------------------------- DLRM specifics
 
 
