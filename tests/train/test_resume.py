@@ -114,12 +114,18 @@ def test_checkpoint_of_another_backend_is_a_one_line_error(data):
     fused = Trainer(spec, _ts(), backend="fused")
     with pytest.raises(ConfigError, match=r"'torch' embedding backend, this run uses 'fused' \(pass --backend torch"):
         fused.load_state_dict(torch_state)
-    del torch_state["backend"]  # as written before checkpoints recorded it
-    with pytest.raises(ConfigError) as e:
+    del torch_state["backend"]  # as written before checkpoints recorded it: told from the parameter names
+    with pytest.raises(ConfigError, match=r"^checkpoint was written with the 'torch' embedding backend"):
         fused.load_state_dict(torch_state)
-    msg = str(e.value)
-    assert "\n" not in msg and "Missing key(s)" in msg and "try --backend torch" in msg
-    fused.load_state_dict(Trainer(spec, _ts().model_copy(update={"seed": 8}), backend="fused").state_dict())
+    fused_state = Trainer(spec, _ts().model_copy(update={"seed": 8}), backend="fused").state_dict()
+    del fused_state["backend"]
+    with pytest.raises(ConfigError, match="'fused' embedding backend, this run uses 'torch'"):
+        Trainer(spec, _ts(), backend="torch").load_state_dict(fused_state)
+    fused.load_state_dict(fused_state)  # same backend: loads
+    bad = dict(fused_state, model={k: v for k, v in fused_state["model"].items() if "embeddings" in k})
+    with pytest.raises(ConfigError) as e:  # a state dict that does not fit: one line, naming the keys
+        fused.load_state_dict(bad)
+    assert "\n" not in str(e.value) and "Missing key(s)" in str(e.value)
 
 
 def test_trainer_state_roundtrip_is_exact(data):

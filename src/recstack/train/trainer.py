@@ -85,6 +85,16 @@ def build_model_for(spec: ModelSpec, ts: TrainSpec, backend: str = "torch", devi
     return FAMILIES[spec.family](spec, emb, dense_generator(ts.seed)).to(device)
 
 
+def _backend_of(model_state: dict[str, Any]) -> str | None:
+    """The embedding backend a model state dict was saved from, by its parameter names (None: no
+    embeddings, or names of none of the three)."""
+    for prefix, backend in (("embeddings._impl.bags.", "torch"), ("embeddings._impl.weights.", "fused"),
+                            ("embeddings._impl.tbe.", "fbgemm")):
+        if any(k.startswith(prefix) for k in model_state):
+            return backend
+    return None
+
+
 class Trainer:
     """Model + optimisers + schedule for one process (one rank of a hybrid-parallel job)."""
 
@@ -153,19 +163,17 @@ class Trainer:
                 f"checkpoint is of rank {state.get('rank')} of {state.get('world_size')} processes; this is rank "
                 f"{self.world.rank} of {self.world.world_size}"
             )
-        if state.get("backend", self.backend) != self.backend:  # checkpoints before 2026-12 have none
-            raise ConfigError(f"checkpoint was written with the {state['backend']!r} embedding backend, this run uses "
-                              f"{self.backend!r} (pass --backend {state['backend']} to continue it)")
+        written = state.get("backend") or _backend_of(state.get("model", {}))  # older checkpoints: from the keys
+        if written is not None and written != self.backend:
+            raise ConfigError(f"checkpoint was written with the {written!r} embedding backend, this run uses "
+                              f"{self.backend!r} (pass --backend {written} to continue it)")
         try:
             self.model.load_state_dict(state["model"])
             self.dense_opt.load_state_dict(state["dense_opt"])
             if self.sparse_opt is not None:
                 self.sparse_opt.load_state_dict(state["sparse_opt"])
         except (KeyError, RuntimeError, ValueError) as e:
-            hint = ""
-            if "embeddings._impl." in str(e):  # an older checkpoint of another backend: torch was the default
-                hint = f" (written with another embedding backend? this run uses {self.backend!r}; try --backend torch)"
-            raise ConfigError(f"checkpoint does not fit this model and optimiser: {' '.join(str(e).split())}{hint}") from None
+            raise ConfigError(f"checkpoint does not fit this model and optimiser: {' '.join(str(e).split())}") from None
         self.step_count = int(state["step"])
         if self.fused:
             self._emb_lr = None  # set again from the schedule on the next step
