@@ -159,7 +159,10 @@ def _checkpointing(
             raise ConfigError(
                 f"{info.path}: checkpoint was written with {key}={info.meta[key]!r}, this run has {key}={value!r}"
             )
-    trainer.load_state_dict(parts["trainer"])
+    try:
+        trainer.load_state_dict(parts["trainer"])
+    except ConfigError as e:
+        raise ConfigError(f"{info.path}: {e}") from None
     if trainer.step_count > steps:
         raise ConfigError(f"{info.path}: checkpoint is at step {trainer.step_count}, past this run's {steps} steps")
     resumed.update(step=trainer.step_count, checkpoint=info.path.name)
