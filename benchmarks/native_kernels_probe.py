@@ -57,7 +57,7 @@ def build(tmp: str) -> Any:
                 extra_cflags=["-O3", "-march=native", "-ffp-contract=off"], build_directory=tmp, verbose=False)
 
 
-def interleaved(fns: dict[str, Callable[[], object]], blocks: int, n: int) -> dict[str, float]:
+def interleaved_us(fns: dict[str, Callable[[], object]], blocks: int, n: int) -> dict[str, float]:
     """Median us per call of each function over `blocks` rounds of n calls, the functions alternating."""
     for f in fns.values():
         f()
@@ -76,7 +76,6 @@ class NativePatch:
 
     def __init__(self, kern: Any) -> None:
         self.on = False
-        self.kern = kern
         self._apply = inter._DotFromTiled.apply  # inherited from autograd.Function
         self._step = optim.SparseSGD.step
         probe = self
@@ -155,16 +154,16 @@ def check_and_time_parts(kern: Any, blocks: int) -> dict[str, Any]:
 
     ctx = _Ctx()
     inter._DotFromTiled.forward(ctx, xt.t(), tiled, dot.flat_idx, dot.flat_idx_t)
-    fwd = interleaved({
+    fwd = interleaved_us({
         "current": lambda: inter._DotFromTiled.forward(_Ctx(), xt.t(), tiled, dot.flat_idx, dot.flat_idx_t),
         "native": lambda: kern.dot_fwd(xt, tiled)}, blocks, 20)
-    bwd = interleaved({
+    bwd = interleaved_us({
         "current": lambda: inter._DotFromTiled.backward(ctx, gt.t()),
         "native": lambda: kern.dot_bwd(gt, xt, tiled)}, blocks, 20)
     flush = torch.empty(16 * 1024 * 1024)
     scaled = torch.empty_like(vals)
     ex = idx[:, None].expand(-1, d)
-    upd = interleaved({
+    upd = interleaved_us({
         "flush": lambda: flush.add_(1.0),
         "current": lambda: (flush.add_(1.0), w1.scatter_add_(0, ex, torch.mul(vals, -0.1, out=scaled))),
         "native": lambda: (flush.add_(1.0), kern.sparse_sgd_rows(w2, idx, vals, -0.1))}, max(6, blocks // 3), 5)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import torch
+from torch.optim import optimizer as torch_optimizer
 
 from recstack.spec import TrainSpec
 
@@ -141,14 +142,16 @@ class DenseOptimizer:
         self.opt.step()
 
     def _plain_sgd(self) -> bool:
-        """Whether torch's SGD.step would only do p -= lr * g: no momentum, decay or step hooks."""
-        from torch.optim import optimizer as torch_optimizer
-
-        g = self.opt.param_groups[0] if self.opt is not None and len(self.opt.param_groups) == 1 else None
+        """Whether torch's SGD.step (self.opt) would only do p -= lr * g: one parameter group, no
+        momentum, decay or step hooks, no sparse gradient."""
+        assert self.opt is not None
+        if len(self.opt.param_groups) != 1:
+            return False
+        g = self.opt.param_groups[0]
         hooks = (self.opt._optimizer_step_pre_hooks, self.opt._optimizer_step_post_hooks,
                  torch_optimizer._global_optimizer_pre_hooks, torch_optimizer._global_optimizer_post_hooks)
         return bool(
-            g is not None and g["momentum"] == 0 and g["weight_decay"] == 0 and not g["maximize"]
+            g["momentum"] == 0 and g["weight_decay"] == 0 and not g["maximize"]
             and not any(hooks) and all(p.grad is None or not p.grad.is_sparse for p in self.params)
         )
 

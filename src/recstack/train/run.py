@@ -152,15 +152,14 @@ def _checkpointing(
         print(f"resume: no good checkpoint in {root}; starting from step 0", file=sys.stderr)
         return ckpt, 0, resumed
     info, parts = got
-    want = {"model": trainer.spec.name, "seed": trainer.ts.seed, "batch_size": trainer.ts.batch_size,
-            "backend": trainer.backend}
+    want = {"model": trainer.spec.name, "seed": trainer.ts.seed, "batch_size": trainer.ts.batch_size}
     for key, value in want.items():
         if key in info.meta and info.meta[key] != value:
             raise ConfigError(
                 f"{info.path}: checkpoint was written with {key}={info.meta[key]!r}, this run has {key}={value!r}"
             )
     try:
-        trainer.load_state_dict(parts["trainer"])
+        trainer.load_state_dict(parts["trainer"])  # checks rank, embedding backend and fit itself
     except ConfigError as e:
         raise ConfigError(f"{info.path}: {e}") from None
     if trainer.step_count > steps:
@@ -212,7 +211,7 @@ def fit(trainer: Trainer, store: Store, out: Path | None, options: RunOptions) -
     saver = BackgroundSaver(ckpt) if ckpt is not None and options.checkpoint_every else None
     emu = _recovery(trainer, store, options, steps, start)
     ckpt_meta = {"model": trainer.spec.name, "seed": ts.seed, "batch_size": ts.batch_size, "steps": steps,
-                 "backend": trainer.backend, "data": str(store.path)}
+                 "data": str(store.path)}
 
     progress = None
     if main and options.progress and _is_tty():
