@@ -97,9 +97,13 @@ def test_cli_table_json_and_plot(cap, run_cli):
     res = run_cli("trace", "stats", cap, "--top", "5")
     assert res.code == 0, res.err
     assert "operator time by category" in res.out and "top 5 operators" in res.out
-    assert "aten::embedding_bag" in res.out or "aten::_embedding_bag_backward" in res.out
     data = json.loads((cap / "stats.json").read_text())
     assert data["ranks"][0]["rank"] == 0
+    # which operators are the top 5 depends on timing; that the table prints the JSON's top 5 does not
+    table = res.out.split("top 5 operators", 1)[1]
+    top = [o["name"] for o in data["ranks"][0]["top_operators"]]
+    assert all(name in table for name in top[:5])
+    assert "embedding" in res.out.split("top 5 operators", 1)[0]  # the category table
     assert (cap / "stats.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     res = run_cli("trace", "stats", cap, "--json", "--rank", "0", "--out", cap / "other.png")
     assert res.code == 0 and json.loads(res.out)["ranks"][0]["iterations"] == 2
