@@ -59,13 +59,14 @@ def test_resume_from_a_middle_checkpoint_equals_uninterrupted(data, tmp_path, op
     plain = _run(spec, path, tmp_path / "plain", optimizer)
     ck = _run(spec, path, tmp_path / "ck", optimizer, checkpoint_every=20)
     store = CheckpointStore(tmp_path / "ck" / "checkpoints")
-    assert [c.step for c in store.checkpoints()] == [20, 40]
-    assert ck["checkpoints"]["saves"] == 2 and ck["checkpoints"]["bytes"] == sum(c.bytes for c in store.checkpoints())
+    assert [c.step for c in store.checkpoints()] == [20, 40, STEPS]  # the final state is kept too
+    assert ck["checkpoints"]["saves"] == 3 and ck["checkpoints"]["bytes"] == sum(c.bytes for c in store.checkpoints())
     assert ck["auc"] == plain["auc"] and ck["logloss"] == plain["logloss"]  # checkpointing changes nothing
-    # Lose the newest checkpoint and the result: a crash right after step 20 was saved.
+    # Lose the two newest checkpoints and the result: a crash right after step 20 was saved.
     import shutil
 
-    shutil.rmtree(store.checkpoints()[-1].path)
+    for c in store.checkpoints()[-2:]:
+        shutil.rmtree(c.path)
     (tmp_path / "ck" / "summary.json").unlink()
     res = _run(spec, path, tmp_path / "ck", optimizer, resume=True, checkpoint_every=20)
     assert res["resumed"]["step"] == 20 and res["resumed"]["checkpoint"] == "step-00000020-full"
@@ -75,6 +76,20 @@ def test_resume_from_a_middle_checkpoint_equals_uninterrupted(data, tmp_path, op
     rows = [json.loads(x) for x in (tmp_path / "ck" / "metrics.jsonl").read_text().splitlines()]
     steps = [r["step"] for r in rows if r["kind"] == "train"]
     assert steps == sorted(steps) and len(steps) == len(set(steps))  # no duplicated rows after resume
+
+
+def test_a_finished_run_extended_with_more_steps_continues_from_its_end(data, tmp_path):
+    spec, path = data
+    longer = _ts().model_copy(update={"steps": STEPS + 25})
+    plain = train(spec, longer, path, tmp_path / "plain", progress=False)
+    first = _run(spec, path, tmp_path / "ck", checkpoint_every=25)  # saves 25, 50 and the final 60
+    assert [c.step for c in CheckpointStore(tmp_path / "ck" / "checkpoints").checkpoints()] == [25, 50, STEPS]
+    assert first["steps"] == STEPS
+    res = train(spec, longer, path, tmp_path / "ck", progress=False, resume=True, checkpoint_every=25)
+    assert res["resumed"]["step"] == STEPS  # not 50: nothing is trained twice
+    assert res["checkpoints"]["saves"] == 2  # 75 and the final 85
+    assert res["auc"] == pytest.approx(plain["auc"], abs=1e-6)
+    assert res["logloss"] == pytest.approx(plain["logloss"], abs=1e-6)
 
 
 def test_resume_skips_a_corrupt_checkpoint_and_names_it(data, tmp_path, capsys):
@@ -87,7 +102,7 @@ def test_resume_skips_a_corrupt_checkpoint_and_names_it(data, tmp_path, capsys):
     raw[len(raw) // 2] ^= 0xFF
     victim.write_bytes(bytes(raw))
     res = _run(spec, path, tmp_path / "ck", resume=True)
-    assert res["resumed"]["step"] == 20 and str(victim) in res["resumed"]["skipped"][0]
+    assert res["resumed"]["step"] == 40 and str(victim) in res["resumed"]["skipped"][0]
     assert str(victim) in capsys.readouterr().err
     assert res["auc"] == pytest.approx(plain["auc"], abs=1e-6)
 
@@ -104,7 +119,7 @@ def test_resume_without_checkpoints_starts_over_and_bad_combinations(data, tmp_p
     ts = _ts().model_copy(update={"seed": 4})
     with pytest.raises(ConfigError, match="seed=3.*seed=4"):
         train(spec, ts, path, tmp_path / "other", progress=False, resume=True)
-    with pytest.raises(ConfigError, match=r"step-00000030-full: checkpoint was written with the 'torch' embedding "
+    with pytest.raises(ConfigError, match=r"step-00000060-full: checkpoint was written with the 'torch' embedding "
                                           r"backend, this run uses 'fused' \(pass --backend torch"):
         _run(spec, path, tmp_path / "other", resume=True, backend="fused")
 

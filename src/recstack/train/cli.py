@@ -145,7 +145,7 @@ LogOpt = Annotated[int | None, _Opt("--log-every", help="Steps between train-los
 PlanOpt = Annotated[Path | None, _Opt("--plan", help="Table placement: a table-wise plan from `recstack shard plan`, or JSON {table_name: rank}.")]
 ProgressOpt = Annotated[bool, _Opt("--progress/--no-progress", help="Progress bar on stderr (TTY only).")]
 CkptEveryOpt = Annotated[
-    int | None, _Opt("--checkpoint-every", help="Steps between full checkpoints (atomic, checksummed, background).")
+    int | None, _Opt("--checkpoint-every", help="Steps between full checkpoints (atomic, checksummed, background); the last step is saved too.")
 ]
 CkptDirOpt = Annotated[Path | None, _Opt("--checkpoint-dir", help="Checkpoint directory (default RUN_DIR/checkpoints).")]
 ResumeOpt = Annotated[

@@ -243,7 +243,8 @@ def fit(trainer: Trainer, store: Store, out: Path | None, options: RunOptions) -
             step = trainer.step_count
             if emu is not None:
                 emu.after_step(step, inp)
-            if saver is not None and step % options.checkpoint_every == 0 and step < steps:  # type: ignore[operator]
+            # the last step is saved too: the trained state is on disk and --resume with more steps extends it
+            if saver is not None and (step % options.checkpoint_every == 0 or step == steps):  # type: ignore[operator]
                 saver.submit(step, {"trainer": trainer.state_dict()}, meta=ckpt_meta)
             is_eval = step % eval_every == 0 or step == steps
             if step % log_every == 0 or step == steps or is_eval:
