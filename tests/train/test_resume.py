@@ -17,6 +17,7 @@ import torch
 from recstack.errors import ConfigError
 from recstack.spec import TrainSpec
 from recstack.train import CheckpointStore, Trainer, train
+from recstack.train.dist import place_tables
 from recstack.train.trainer import train_batches
 
 from .helpers import make_store, tiny_spec
@@ -111,8 +112,6 @@ def test_resume_without_checkpoints_starts_over_and_bad_combinations(data, tmp_p
     spec, path = data
     res = _run(spec, path, tmp_path / "fresh", resume=True)
     assert res["resumed"] == {"step": 0, "checkpoint": None, "skipped": []} and res["steps"] == STEPS
-    with pytest.raises(ConfigError, match="single-process"):
-        _run(spec, path, tmp_path / "x", nproc=2, checkpoint_every=10)
     with pytest.raises(ConfigError, match="checkpoint-every must be >= 1"):
         _run(spec, path, tmp_path / "x", checkpoint_every=0)
     _run(spec, path, tmp_path / "other", checkpoint_every=30)
@@ -122,6 +121,45 @@ def test_resume_without_checkpoints_starts_over_and_bad_combinations(data, tmp_p
     with pytest.raises(ConfigError, match=r"step-00000060-full: checkpoint was written with the 'torch' embedding "
                                           r"backend, this run uses 'fused' \(pass --backend torch"):
         _run(spec, path, tmp_path / "other", resume=True, backend="fused")
+
+
+def test_two_process_run_resumes_from_the_newest_step_every_rank_has(data, tmp_path):
+    """Each rank keeps its own store (checkpoints/rankN); a resumed run starts from the newest step
+    that is complete and loads on every rank, and ends where an uninterrupted run ends."""
+    spec, path = data
+    plain = _run(spec, path, tmp_path / "plain", nproc=2)
+    out = tmp_path / "ck"
+    first = _run(spec, path, out, nproc=2, checkpoint_every=20)
+    stores = [CheckpointStore(out / "checkpoints" / f"rank{r}") for r in range(2)]
+    assert [[c.step for c in s.checkpoints()] for s in stores] == [[20, 40, STEPS]] * 2
+    assert first["checkpoints"]["bytes"] == sum(c.bytes for s in stores for c in s.checkpoints())
+    assert first["auc"] == plain["auc"] and first["logloss"] == plain["logloss"]
+    import shutil
+
+    for c in stores[1].checkpoints()[-2:]:  # rank 1 lost its two newest: only step 20 is on both
+        shutil.rmtree(c.path)
+    res = _run(spec, path, out, nproc=2, resume=True, checkpoint_every=20)
+    assert res["resumed"]["step"] == 20 and res["steps"] == STEPS
+    assert any(f"step {STEPS} is not complete on every rank" in why for why in res["resumed"]["skipped"])
+    assert res["auc"] == pytest.approx(plain["auc"], abs=1e-6)
+    assert res["logloss"] == pytest.approx(plain["logloss"], abs=1e-6)
+    victim = stores[1].checkpoints()[-1].path / "trainer.pt"  # rank 1's newest is corrupt: both take step 40
+    raw = bytearray(victim.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    victim.write_bytes(bytes(raw))
+    res = _run(spec, path, out, nproc=2, resume=True)
+    assert res["resumed"]["step"] == 40
+    assert any("failed to load on another rank" in why for why in res["resumed"]["skipped"])
+    assert res["auc"] == pytest.approx(plain["auc"], abs=1e-6)
+    with pytest.raises(ConfigError, match=r"checkpoints of a run with 2 processes; resume it with --nproc 2"):
+        _run(spec, path, out, resume=True)
+    _run(spec, path, tmp_path / "one", checkpoint_every=30)
+    with pytest.raises(ConfigError, match=r"checkpoints of a run with 1 process; resume it with --nproc 1"):
+        _run(spec, path, tmp_path / "one", nproc=2, resume=True)
+    swapped = {t.name: 1 - r for t, r in zip(spec.tables, place_tables(spec.tables, 2))}
+    with pytest.raises(ConfigError, match=r"rank0/step-00000040-full: checkpoint holds tables \[.*\] on rank 0, "
+                                          r"this run places \[.*\] there"):
+        _run(spec, path, out, nproc=2, resume=True, plan=swapped)
 
 
 def test_checkpoint_of_another_backend_is_a_one_line_error(data):

@@ -246,26 +246,47 @@ class CheckpointStore:
 
     def load_latest(
         self, kind: str = "full", before: int | None = None, on_skip: Callable[[str], None] | None = None,
+        agree: Callable[[Any], list[Any]] | None = None,
     ) -> tuple[CheckpointInfo, dict[str, Any]] | None:
         """The newest good checkpoint of `kind` (step < `before` if given) and its parts, or None.
 
         Checkpoints that fail verification are skipped; each reason (naming the file) goes to
         `on_skip` and is kept in `self.skipped`.
+
+        `agree` makes this one rank's store of a multi-process run: it must return every rank's
+        value of its argument (an all-gather, called in the same order on every rank). Only steps
+        that every rank has are candidates, and a step is taken only if it loads on every rank, so
+        all ranks resume from the same step.
         """
         good, problems = self._scan()
-        self.skipped = list(problems)
-        for p in problems:
+        self.skipped = []
+
+        def skip(why: str) -> None:
+            self.skipped.append(why)
             if on_skip:
-                on_skip(p)
-        for info in reversed(good):
-            if info.kind != kind or (before is not None and info.step >= before):
-                continue
+                on_skip(why)
+
+        for p in problems:
+            skip(p)
+        cands = [c for c in reversed(good) if c.kind == kind and (before is None or c.step < before)]
+        if agree is not None:
+            common = set.intersection(*(set(steps) for steps in agree([c.step for c in cands])))
+            for c in cands:
+                if c.step not in common:
+                    skip(f"{c.path}: step {c.step} is not complete on every rank")
+            cands = [c for c in cands if c.step in common]
+        for info in cands:
             try:
-                return info, self.load(info)
+                got: tuple[CheckpointInfo, dict[str, Any]] | None = (info, self.load(info))
             except CheckpointError as e:
-                self.skipped.append(str(e))
-                if on_skip:
-                    on_skip(str(e))
+                got = None
+                skip(str(e))
+            if agree is not None and not all(agree(got is not None)):
+                if got is not None:
+                    skip(f"{info.path}: step {info.step} failed to load on another rank")
+                continue
+            if got is not None:
+                return got
         return None
 
     # ------------------------------------------------------------ housekeeping

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -128,44 +129,72 @@ def _checkpointing(
     """(checkpoint store or None, first step to run, what was resumed or None).
 
     With `options.resume`, the newest checkpoint that verifies is loaded into `trainer` (torn or
-    corrupt ones are skipped, each reason printed); with none, the run starts from step 0.
+    corrupt ones are skipped, each reason printed); with none, the run starts from step 0. With
+    several processes each rank has its own store under root/rankN, and all ranks resume from
+    the newest step that loads on every rank.
     """
     if options.checkpoint_every is not None and options.checkpoint_every < 1:
         raise ConfigError(f"--checkpoint-every must be >= 1, got {options.checkpoint_every}")
     if not options.checkpoint_every and not options.resume:
         return None, 0, None
-    if trainer.world.world_size > 1:
-        raise ConfigError("--checkpoint-every / --resume: single-process runs only for now (use --nproc 1)")
     if options.checkpoint_dir is not None:
         root = Path(options.checkpoint_dir)
     elif out is not None:
         root = out / "checkpoints"
     else:
         raise ConfigError("--checkpoint-every / --resume need a run directory (--out) or --checkpoint-dir")
-    ckpt = CheckpointStore(root, keep=options.keep_checkpoints)
+    world = trainer.world
+    if options.resume:
+        _check_layout(root, world.world_size)
+    ckpt = CheckpointStore(root / f"rank{world.rank}" if world.world_size > 1 else root, keep=options.keep_checkpoints)
     if not options.resume:
         return ckpt, 0, None
     ckpt.clean()  # hidden leftovers of a write that was interrupted
-    got = ckpt.load_latest(on_skip=lambda why: print(f"resume: skipping a checkpoint: {why}", file=sys.stderr))
+    got = ckpt.load_latest(on_skip=lambda why: print(f"resume: skipping a checkpoint: {why}", file=sys.stderr),
+                           agree=_all_gather if world.world_size > 1 else None)
     resumed: dict[str, Any] = {"step": 0, "checkpoint": None, "skipped": list(ckpt.skipped)}
     if got is None:
-        print(f"resume: no good checkpoint in {root}; starting from step 0", file=sys.stderr)
+        if world.is_main:
+            print(f"resume: no good checkpoint in {root}; starting from step 0", file=sys.stderr)
         return ckpt, 0, resumed
     info, parts = got
-    want = {"model": trainer.spec.name, "seed": trainer.ts.seed, "batch_size": trainer.ts.batch_size}
-    for key, value in want.items():
-        if key in info.meta and info.meta[key] != value:
-            raise ConfigError(
-                f"{info.path}: checkpoint was written with {key}={info.meta[key]!r}, this run has {key}={value!r}"
-            )
+    error = None
     try:
-        trainer.load_state_dict(parts["trainer"])  # checks rank, embedding backend and fit itself
+        want = {"model": trainer.spec.name, "seed": trainer.ts.seed, "batch_size": trainer.ts.batch_size}
+        for key, value in want.items():
+            if key in info.meta and info.meta[key] != value:
+                raise ConfigError(f"checkpoint was written with {key}={info.meta[key]!r}, this run has {key}={value!r}")
+        trainer.load_state_dict(parts["trainer"])  # checks rank, placement, embedding backend and fit itself
+        if trainer.step_count > steps:
+            raise ConfigError(f"checkpoint is at step {trainer.step_count}, past this run's {steps} steps")
     except ConfigError as e:
-        raise ConfigError(f"{info.path}: {e}") from None
-    if trainer.step_count > steps:
-        raise ConfigError(f"{info.path}: checkpoint is at step {trainer.step_count}, past this run's {steps} steps")
+        error = f"{info.path}: {e}"
+    if world.world_size > 1:  # every rank stops with the first rank's error, none waits in a collective
+        error = next((e for e in _all_gather(error) if e is not None), None)
+    if error is not None:
+        raise ConfigError(error)
     resumed.update(step=trainer.step_count, checkpoint=info.path.name)
     return ckpt, trainer.step_count, resumed
+
+
+def _all_gather(value: Any) -> list[Any]:
+    """Every rank's `value`, in rank order (a collective: all ranks call it in the same order)."""
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, value)
+    return out
+
+
+def _check_layout(root: Path, world_size: int) -> None:
+    """Refuse to resume checkpoints written by another number of processes (one store per rank
+    under root/rankN for several, root itself for one), instead of silently starting over."""
+    if not root.is_dir():
+        return
+    ranks = [p for p in root.iterdir() if p.is_dir() and re.fullmatch(r"rank\d+", p.name)]
+    single = any(p.is_dir() and p.name.startswith("step-") for p in root.iterdir())
+    written = len(ranks) if ranks else (1 if single else None)
+    if written is not None and written != world_size:
+        n = "1 process" if written == 1 else f"{written} processes"
+        raise ConfigError(f"{root}: checkpoints of a run with {n}; resume it with --nproc {written}")
 
 
 def _recovery(trainer: Trainer, store: Store, options: RunOptions, steps: int, start: int) -> RecoveryEmulator | None:
@@ -290,6 +319,10 @@ def fit(trainer: Trainer, store: Store, out: Path | None, options: RunOptions) -
                 saver.wait()  # a write in flight is finished (or fails) before we leave
     seconds = time.perf_counter() - t_start
     rec_report = emu.report() if emu is not None else None  # every rank: sums counts over ranks
+    ckpt_stats = saver.stats if saver is not None else None
+    if ckpt_stats is not None and w > 1:  # bytes of all ranks; time of the slowest
+        every = _all_gather(ckpt_stats)
+        ckpt_stats = {k: (sum if k == "bytes" else max)(st[k] for st in every) for k in ckpt_stats}
     if not main:
         return {}
     summary: dict[str, Any] = {
@@ -324,13 +357,13 @@ def fit(trainer: Trainer, store: Store, out: Path | None, options: RunOptions) -
         summary["resumed"] = resumed
     if rec_report is not None:
         summary["recovery"] = rec_report
-    if saver is not None:
-        st = saver.stats
+    if ckpt_stats is not None:
+        st = ckpt_stats
         summary["checkpoints"] = {
             "every": options.checkpoint_every, "saves": st["saves"], "bytes": st["bytes"],
             "blocked_s": st["blocked_s"] + st["snapshot_s"], "write_s": st["write_s"],
             "blocked_fraction": (st["blocked_s"] + st["snapshot_s"]) / seconds if seconds > 0 else None,
-            "dir": str(ckpt.root) if ckpt is not None else None,
+            "dir": str(ckpt.root.parent if w > 1 else ckpt.root) if ckpt is not None else None,
         }
     if rd is not None:
         rd.log({"kind": final_split if final_split != "val" else "final", "step": trainer.step_count,
@@ -382,8 +415,6 @@ def train(
         raise ConfigError(f"--nproc must be >= 1, got {nproc}")
     if checkpoint_every is not None and checkpoint_every < 1:
         raise ConfigError(f"--checkpoint-every must be >= 1, got {checkpoint_every}")
-    if (checkpoint_every or resume) and (nproc > 1 or dist_world() > 1):
-        raise ConfigError("--checkpoint-every / --resume: single-process runs only for now (use --nproc 1)")
     device = check_device(device, nproc)
     store = data if isinstance(data, Store) else Store(data)
     check_store(spec, store)

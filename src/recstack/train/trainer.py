@@ -33,6 +33,7 @@ from recstack.train.dist import DistInfo, Exchange, place_tables, slice_sizes
 from recstack.train.metrics import binary_metrics
 from recstack.train.optim import DenseOptimizer, sparse_optimizer
 from recstack.train.schedule import lr_at
+from recstack.ui import short_list
 
 FBGEMM_OPT = {"sgd": "sgd", "adagrad": "rowwise_adagrad"}
 
@@ -155,6 +156,7 @@ class Trainer:
             "world_size": self.world.world_size,
             "rank": self.world.rank,
             "backend": self.backend,
+            "tables": [self.spec.tables[t].name for t in self.owned],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -163,6 +165,11 @@ class Trainer:
                 f"checkpoint is of rank {state.get('rank')} of {state.get('world_size')} processes; this is rank "
                 f"{self.world.rank} of {self.world.world_size}"
             )
+        tables = [self.spec.tables[t].name for t in self.owned]
+        if "tables" in state and list(state["tables"]) != tables:  # same shapes may hide another placement
+            raise ConfigError(f"checkpoint holds tables [{short_list(list(state['tables']), 60)}] on rank "
+                              f"{self.world.rank}, this run places [{short_list(tables, 60)}] there (use the "
+                              "placement of the checkpointed run)")
         written = state.get("backend") or _backend_of(state.get("model", {}))  # older checkpoints: from the keys
         if written is not None and written != self.backend:
             raise ConfigError(f"checkpoint was written with the {written!r} embedding backend, this run uses "
