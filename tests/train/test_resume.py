@@ -198,45 +198,50 @@ _KILLED_RUN = textwrap.dedent("""
     from tests.train.helpers import tiny_spec
     spec = tiny_spec(rows=100_000, dim=8)
     ts = TrainSpec(optimizer="adagrad", lr=0.05, batch_size=64, steps=int(sys.argv[3]), seed=3, eval_every=25)
-    train(spec, ts, sys.argv[1], sys.argv[2], progress=False, checkpoint_every=int(sys.argv[4]))
+    train(spec, ts, sys.argv[1], sys.argv[2], progress=False, checkpoint_every=int(sys.argv[4]),
+          nproc=int(sys.argv[5]))
 """)
 
 
 @pytest.mark.slow
-def test_sigkill_during_a_checkpoint_write_then_resume_matches_uninterrupted(tmp_path):
-    """A real crash: SIGKILL while a checkpoint is being written (its hidden temporary directory
-    exists), then --resume: the torn checkpoint is ignored and removed, the run continues from the
-    last complete one and ends exactly where an uninterrupted run ends."""
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_sigkill_during_a_checkpoint_write_then_resume_matches_uninterrupted(tmp_path, nproc):
+    """A real crash: SIGKILL to the whole job while a checkpoint is being written (its hidden
+    temporary directory exists), then --resume: the torn checkpoint is ignored and removed, the run
+    continues from the last step complete on every rank and ends exactly where an uninterrupted
+    run ends."""
     spec = tiny_spec(rows=100_000, dim=8)  # 15 MB checkpoints: each write takes a while
     path = make_store(tmp_path / "store", spec, n=3000)
     steps = 400
     ts = _ts().model_copy(update={"steps": steps})
-    plain = train(spec, ts, path, tmp_path / "plain", progress=False)
+    plain = train(spec, ts, path, tmp_path / "plain", progress=False, nproc=nproc)
     out = tmp_path / "killed"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    p = subprocess.Popen([sys.executable, "-c", _KILLED_RUN, str(path), str(out), str(steps), "5"], env=env)
-    ckdir = out / "checkpoints"
+    args = [sys.executable, "-c", _KILLED_RUN, str(path), str(out), str(steps), "5", str(nproc)]
+    p = subprocess.Popen(args, env=env, start_new_session=True)  # its own group: the workers die with it
+    root = out / "checkpoints"
+    ckdirs = [root] if nproc == 1 else [root / f"rank{r}" for r in range(nproc)]
     torn: list[Path] = []
     try:
         deadline = time.time() + 120
         while time.time() < deadline and p.poll() is None:
-            if ckdir.exists() and list(ckdir.glob("step-*-full")):
-                torn = [d for d in ckdir.iterdir() if d.name.startswith(".step-")]
+            if all(d.exists() and list(d.glob("step-*-full")) for d in ckdirs):
+                torn = [x for d in ckdirs for x in d.iterdir() if x.name.startswith(".step-")]
                 if torn:
-                    os.kill(p.pid, signal.SIGKILL)  # a write is in flight right now
+                    os.killpg(p.pid, signal.SIGKILL)  # a write is in flight right now
                     break
             time.sleep(0.0005)
     finally:
         if p.poll() is None and not torn:
-            p.kill()
+            os.killpg(p.pid, signal.SIGKILL)
         p.wait(timeout=60)
     assert torn and p.returncode == -signal.SIGKILL, "could not catch a checkpoint write in flight"
     assert not (out / "summary.json").exists()
-    complete = CheckpointStore(ckdir).checkpoints()
-    assert complete and all(not c.path.name.startswith(".") for c in complete)
-    res = train(spec, ts, path, out, progress=False, resume=True, checkpoint_every=5)
-    assert res["resumed"]["checkpoint"] == complete[-1].path.name  # the newest complete one
+    complete = [{c.step for c in CheckpointStore(d).checkpoints()} for d in ckdirs]
+    newest = max(set.intersection(*complete))  # the newest step every rank finished writing
+    res = train(spec, ts, path, out, progress=False, resume=True, checkpoint_every=5, nproc=nproc)
+    assert res["resumed"]["checkpoint"] == f"step-{newest:08d}-full"
     assert res["steps"] == steps
     assert res["auc"] == pytest.approx(plain["auc"], abs=1e-6)
     assert res["logloss"] == pytest.approx(plain["logloss"], abs=1e-6)
-    assert not [d for d in ckdir.iterdir() if d.name.startswith(".")]  # the torn write was cleaned up
+    assert not [x for d in ckdirs for x in d.iterdir() if x.name.startswith(".")]  # torn writes cleaned up
