@@ -144,11 +144,10 @@ def _checkpointing(
     else:
         raise ConfigError("--checkpoint-every / --resume need a run directory (--out) or --checkpoint-dir")
     world = trainer.world
-    if options.resume:
-        _check_layout(root, world.world_size)
     ckpt = CheckpointStore(root / f"rank{world.rank}" if world.world_size > 1 else root, keep=options.keep_checkpoints)
     if not options.resume:
         return ckpt, 0, None
+    _check_world(root, ckpt, world)
     ckpt.clean()  # hidden leftovers of a write that was interrupted
     got = ckpt.load_latest(on_skip=lambda why: print(f"resume: skipping a checkpoint: {why}", file=sys.stderr),
                            agree=_all_gather if world.world_size > 1 else None)
@@ -184,15 +183,23 @@ def _all_gather(value: Any) -> list[Any]:
     return out
 
 
-def _check_layout(root: Path, world_size: int) -> None:
-    """Refuse to resume checkpoints written by another number of processes (one store per rank
-    under root/rankN for several, root itself for one), instead of silently starting over."""
-    if not root.is_dir():
-        return
-    ranks = [p for p in root.iterdir() if p.is_dir() and re.fullmatch(r"rank\d+", p.name)]
-    single = any(p.is_dir() and p.name.startswith("step-") for p in root.iterdir())
-    written = len(ranks) if ranks else (1 if single else None)
-    if written is not None and written != world_size:
+def _check_world(root: Path, ckpt: CheckpointStore, world: DistInfo) -> None:
+    """Refuse to resume checkpoints written by another number of processes instead of silently
+    starting over. One process keeps its checkpoints in root, several one store each in
+    root/rankN (which may be node-local disks: each rank looks at its own, then they agree)."""
+    written = None
+    if world.world_size == 1:
+        ranks = [p for p in root.glob("rank*") if re.fullmatch(r"rank\d+", p.name)] if root.is_dir() else []
+        if ranks and not ckpt.checkpoints():
+            written = len(ranks)
+    else:
+        sizes = {c.meta.get("world_size") for c in ckpt.checkpoints()} - {None}
+        if sizes:
+            written = max(sizes)
+        elif not ckpt.root.exists() and root.is_dir() and any(p.name.startswith("step-") for p in root.iterdir()):
+            written = 1
+        written = next((n for n in _all_gather(written) if n is not None and n != world.world_size), None)
+    if written is not None and written != world.world_size:
         n = "1 process" if written == 1 else f"{written} processes"
         raise ConfigError(f"{root}: checkpoints of a run with {n}; resume it with --nproc {written}")
 
@@ -240,7 +247,7 @@ def fit(trainer: Trainer, store: Store, out: Path | None, options: RunOptions) -
     saver = BackgroundSaver(ckpt) if ckpt is not None and options.checkpoint_every else None
     emu = _recovery(trainer, store, options, steps, start)
     ckpt_meta = {"model": trainer.spec.name, "seed": ts.seed, "batch_size": ts.batch_size, "steps": steps,
-                 "data": str(store.path)}
+                 "data": str(store.path), "world_size": world.world_size}
 
     progress = None
     if main and options.progress and _is_tty():
