@@ -146,6 +146,11 @@ class Trainer:
         self._emb_lr: float | None = lr_at(0, ts) if self.fused else None
 
     # ------------------------------------------------------------ checkpoint state
+    @property
+    def owned_names(self) -> list[str]:
+        """Names of the tables this rank holds."""
+        return [self.spec.tables[t].name for t in self.owned]
+
     def state_dict(self) -> dict[str, Any]:
         """Everything a resumed run needs to continue bit for bit: weights, optimiser state, step."""
         return {
@@ -156,7 +161,7 @@ class Trainer:
             "world_size": self.world.world_size,
             "rank": self.world.rank,
             "backend": self.backend,
-            "tables": [self.spec.tables[t].name for t in self.owned],
+            "tables": self.owned_names,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -165,7 +170,7 @@ class Trainer:
                 f"checkpoint is of rank {state.get('rank')} of {state.get('world_size')} processes; this is rank "
                 f"{self.world.rank} of {self.world.world_size}"
             )
-        tables = [self.spec.tables[t].name for t in self.owned]
+        tables = self.owned_names
         if "tables" in state and list(state["tables"]) != tables:  # same shapes may hide another placement
             raise ConfigError(f"checkpoint holds tables [{short_list(list(state['tables']), 60)}] on rank "
                               f"{self.world.rank}, this run places [{short_list(tables, 60)}] there (use the "
