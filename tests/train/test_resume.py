@@ -159,6 +159,9 @@ def test_two_process_run_resumes_from_the_newest_step_every_rank_has(data, tmp_p
     with pytest.raises(ConfigError, match=r"rank0/step-00000040-full: checkpoint holds tables \[.*\] on rank 0, "
                                           r"this run places \[.*\] there"):
         _run(spec, path, out, nproc=2, resume=True, plan=swapped)
+    shutil.rmtree(stores[1].root)  # as a node-local disk holds only rank 0's store: still told by what it records
+    with pytest.raises(ConfigError, match=r"checkpoints of a run with 2 processes; resume it with --nproc 2"):
+        _run(spec, path, out, resume=True)
 
 
 def test_checkpoint_of_another_backend_is_a_one_line_error(data):

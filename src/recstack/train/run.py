@@ -190,8 +190,9 @@ def _check_world(root: Path, ckpt: CheckpointStore, world: DistInfo) -> None:
     written = None
     if world.world_size == 1:
         ranks = [p for p in root.glob("rank*") if re.fullmatch(r"rank\d+", p.name)] if root.is_dir() else []
-        if ranks and not ckpt.checkpoints():
-            written = len(ranks)
+        if ranks and not ckpt.checkpoints():  # what the rank stores record, not how many are here
+            recorded = {c.meta.get("world_size") for r in ranks for c in CheckpointStore(r).checkpoints()}
+            written = max(recorded - {None}, default=len(ranks))
     else:
         sizes = {c.meta.get("world_size") for c in ckpt.checkpoints()} - {None}
         if sizes:
